@@ -24,10 +24,12 @@
 //! where it can; MTD/UBI flash devices (erase blocks, NOR obsolete flags) are
 //! refused rather than half-supported.
 
+pub mod grub;
 pub mod uboot;
 
 use std::collections::BTreeMap;
 
+pub use grub::{GrubEnv, GrubError};
 pub use uboot::{FwEnvConfig, UbootEnv, UbootError};
 
 /// Every variable of an environment, by name.
@@ -45,6 +47,9 @@ pub enum Error {
     /// The U-Boot environment failed.
     #[error(transparent)]
     Uboot(#[from] UbootError),
+    /// The GRUB environment block failed.
+    #[error(transparent)]
+    Grub(#[from] GrubError),
 }
 
 /// A bootloader environment that can be read and changed atomically.
