@@ -24,11 +24,15 @@
 //! where it can; MTD/UBI flash devices (erase blocks, NOR obsolete flags) are
 //! refused rather than half-supported.
 
+pub mod bootchooser;
 pub mod grub;
 pub mod uboot;
 
 use std::collections::BTreeMap;
 
+pub use bootchooser::{
+    BootAttempt, Bootchooser, BootchooserError, SlotState, simulate_boot_attempt,
+};
 pub use grub::{GrubEnv, GrubError};
 pub use uboot::{FwEnvConfig, UbootEnv, UbootError};
 
