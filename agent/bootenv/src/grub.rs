@@ -26,19 +26,21 @@
 //! slot we just marked bad. Here the new block is written to `<name>.new` in
 //! the same directory, `fsync`ed, renamed over the old one, and the directory
 //! is `fsync`ed: on ext4 the old or the new block survives a power cut,
-//! never a mix; on FAT the rename is a directory-entry update in one sector,
-//! the closest FAT gets to that. (`grub-editenv create` does the same.)
+//! never a mix. FAT has no journal, so there the rename only shrinks the
+//! window to a directory-entry update instead of closing it; still better
+//! than a truncated file. (`grub-editenv create` also renames.)
 //!
-//! The price is that the file gets new blocks on each write. GRUB's own
-//! `save_env` (used by a boot script to count down a try counter) writes
-//! in place through the file's block list and refuses a file that is
-//! fragmented or not exactly as large as its block: so the size is kept
-//! exact (the existing size is preserved, a new block is 1024 bytes), and
-//! the block is written with one `write` of the whole buffer, which every
-//! filesystem places in one cluster/block whenever the cluster size is at
-//! least 1 KiB (FAT and ext4 boot partitions as mkfs makes them).
-//! Not covered: FAT with 512-byte clusters, and ext4 `inline_data`, on which
-//! `save_env` cannot work whichever tool wrote the file.
+//! The file gets new blocks on each write, which GRUB does not mind: its
+//! `save_env` (used by a boot script to count down a try counter) reads the
+//! file at every boot, records the disk sectors the bytes came from, and
+//! writes the edited block back into exactly those sectors. It handles a
+//! fragmented file (a list of extents), but refuses a sparse one and one
+//! whose bytes are not stored verbatim in sectors (ext4 `inline_data`,
+//! compressed filesystems), and it cannot grow the file: so the size is
+//! kept exact (an existing block keeps its size, a new one is 1024 bytes)
+//! and the whole block is written with data, never left sparse.
+//! Not covered: ext4 with `inline_data` (a 1 KiB file would be stored in
+//! the inode), on which `save_env` cannot work whichever tool wrote the file.
 //!
 //! After the rename the file is read back and compared byte for byte.
 
