@@ -202,6 +202,8 @@ impl Bootchooser {
     }
 
     /// Confirms `slot` booted well: its counter back to the maximum.
+    /// (`vars` is not needed, as RAUC's mark-good only refills the counter;
+    /// it is taken so that every operation is called the same way.)
     pub fn mark_good(&self, _vars: &Vars, slot: &str) -> Result<Changes, BootchooserError> {
         self.check(slot)?;
         Ok(Changes::from([(

@@ -15,9 +15,22 @@
 //!
 //! Both backends implement [`BootEnv`]: read every variable, or change a batch
 //! of them in a single write that is synced, read back and verified before
-//! the call returns. A caller does
-//! `env.set(&chooser.set_primary(&env.get_all()?, "B")?)?` and either the
-//! change is on the medium or it gets an error and the old boot default stays.
+//! the call returns. Either the change is on the medium or the caller gets an
+//! error and the old boot default stays:
+//!
+//! ```no_run
+//! use containeros_bootenv::{BootEnv, Bootchooser, UbootEnv};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let env: Box<dyn BootEnv> = Box::new(UbootEnv::from_config_file("/etc/fw_env.config")?);
+//! let chooser = Bootchooser::new(["A", "B"], Bootchooser::DEFAULT_ATTEMPTS)?;
+//! // After writing slot B: boot it next, with three tries.
+//! env.set(&chooser.set_primary(&env.get_all()?, "B")?)?;
+//! // After a healthy boot of B: commit it.
+//! env.set(&chooser.mark_good(&env.get_all()?, "B")?)?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Not here yet: the Raspberry Pi `tryboot` backend (`autoboot.txt` plus the
 //! `tryboot` reboot argument) comes next and will implement the same trait

@@ -75,6 +75,9 @@ pub struct FwEnvConfig {
 }
 
 impl FwEnvConfig {
+    /// Where `fw_printenv` looks when not given `-c`.
+    pub const DEFAULT_PATH: &str = "/etc/fw_env.config";
+
     /// A single-copy environment.
     pub fn single(copy: EnvLocation) -> Result<Self, UbootError> {
         Self::from_copies(vec![copy], Path::new("<built-in>"))
