@@ -279,11 +279,13 @@ impl GrubEnv {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(write_err)?;
-            // Keep the mode of the file being replaced (grubenv is often
-            // 0644 while a new file would follow the umask).
-            if let Ok(meta) = std::fs::metadata(&self.path) {
-                file.set_permissions(meta.permissions())
-                    .map_err(write_err)?;
+            // Keep the mode of the file being replaced (a new file follows
+            // the umask). Best effort: FAT refuses some chmods, and a mode
+            // is not worth failing a slot switch for.
+            if let (Ok(old), Ok(new)) = (std::fs::metadata(&self.path), file.metadata())
+                && old.permissions() != new.permissions()
+            {
+                let _ = file.set_permissions(old.permissions());
             }
             file.write_all(bytes).map_err(write_err)?;
             file.sync_all().map_err(write_err)?;
@@ -695,6 +697,20 @@ mod tests {
         assert!(message.contains("no room for \"big\""), "{message}");
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert_eq!(std::fs::read(&path).expect("read"), before);
+    }
+
+    #[test]
+    fn replacing_keeps_the_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("grubenv");
+        std::fs::write(&path, Block::blank().0).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        GrubEnv::new(&path)
+            .set(&changes(&[("a", Some("1"))]))
+            .expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
