@@ -1,0 +1,308 @@
+//! The configuration model. Defaults here are the documented defaults: the
+//! shipped sample (`agent/dist/agent.toml`) is tested to equal them.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{ConfigError, Duration, Loaded};
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentSection,
+    pub dbus: DbusSection,
+    pub engine: EngineSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// Directory on the data partition for the agent's state and the
+    /// override configuration file.
+    pub state_dir: AbsPath,
+    /// tracing filter: a level or directives (`info,containeros_engine=debug`).
+    pub log_level: LogFilter,
+    /// os-release file the OS version (VERSION_ID) is read from.
+    pub os_release: AbsPath,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            state_dir: AbsPath::new("/data/containeros"),
+            log_level: LogFilter("info".into()),
+            os_release: AbsPath::new("/etc/os-release"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbusSection {
+    pub bus: Bus,
+}
+
+/// Which message bus the agent serves its API on (and reaches systemd on).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Bus {
+    #[default]
+    System,
+    /// A D-Bus address, e.g. `unix:path=/run/containeros/bus`.
+    Address(String),
+}
+
+impl<'de> Deserialize<'de> for Bus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "system" {
+            return Ok(Bus::System);
+        }
+        // Every D-Bus address is `transport:key=value,...`.
+        match s.split_once(':') {
+            Some((transport, rest))
+                if !transport.is_empty()
+                    && transport.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && rest.contains('=') =>
+            {
+                Ok(Bus::Address(s))
+            }
+            _ => Err(serde::de::Error::custom(format!(
+                "\"{s}\" is neither \"system\" nor a D-Bus address such as \"unix:path=/run/bus\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// A Docker Engine API on a Unix socket (moby/docker, balena-engine,
+    /// podman's compat API).
+    #[default]
+    Docker,
+    /// The agent's built-in OCI engine driving `runtime` (crun/runc).
+    Native,
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Docker => "docker",
+            EngineKind::Native => "native",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    pub kind: EngineKind,
+    pub socket: AbsPath,
+    pub runtime: AbsPath,
+    /// The engine's systemd unit; `None` (empty in the file): never restart.
+    #[serde(deserialize_with = "optional_unit::deserialize")]
+    pub unit: Option<UnitName>,
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    pub failures_before_restart: NonZeroU32,
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
+    pub max_restarts: NonZeroU32,
+}
+
+const fn nonzero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("zero"),
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Docker,
+            socket: AbsPath::new("/run/docker.sock"),
+            runtime: AbsPath::new("/usr/bin/crun"),
+            unit: Some(UnitName("docker.service".into())),
+            check_interval: Duration::from_secs(10),
+            check_timeout: Duration::from_secs(5),
+            failures_before_restart: nonzero(3),
+            restart_backoff: Duration::from_secs(5),
+            restart_backoff_max: Duration::from_secs(300),
+            max_restarts: nonzero(5),
+        }
+    }
+}
+
+impl Config {
+    /// Rules that span several keys, checked on the merged configuration.
+    pub(crate) fn validate(&self, loaded: &Loaded) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        let located = |key: &str, message: String, hint: &str| {
+            let at = loaded.locate(key);
+            let path = at
+                .as_ref()
+                .map(|l| l.path.clone())
+                .or_else(|| loaded.sources.last().map(|s| s.path.clone()))
+                .unwrap_or_default();
+            ConfigError::invalid_at(&path, at.map(|l| (l.line, l.column)), Some(key), &message, hint)
+        };
+        if e.check_interval.get() < std::time::Duration::from_secs(1) {
+            return Err(located(
+                "engine.check_interval",
+                format!(
+                    "{} is too short: pinging the engine more than once a second wastes CPU",
+                    e.check_interval
+                ),
+                "use at least \"1s\"",
+            ));
+        }
+        if e.check_timeout.get().is_zero() || e.check_timeout > e.check_interval {
+            return Err(located(
+                "engine.check_timeout",
+                format!(
+                    "{} must be more than 0 and at most engine.check_interval ({})",
+                    e.check_timeout, e.check_interval
+                ),
+                "lower engine.check_timeout or raise engine.check_interval",
+            ));
+        }
+        if e.restart_backoff.get().is_zero() {
+            return Err(located(
+                "engine.restart_backoff",
+                "must be more than 0".into(),
+                "use e.g. \"5s\"",
+            ));
+        }
+        if e.restart_backoff > e.restart_backoff_max {
+            return Err(located(
+                "engine.restart_backoff_max",
+                format!(
+                    "{} is less than engine.restart_backoff ({})",
+                    e.restart_backoff_max, e.restart_backoff
+                ),
+                "raise engine.restart_backoff_max or lower engine.restart_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An absolute path (relative paths in a daemon's config depend on the
+/// working directory systemd happens to give it, so they are refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(PathBuf);
+
+impl AbsPath {
+    fn new(p: &str) -> Self {
+        Self(PathBuf::from(p))
+    }
+
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.starts_with('/') && !s.contains('\0') {
+            Ok(AbsPath(PathBuf::from(s)))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "\"{s}\" is not an absolute path: start it with /"
+            )))
+        }
+    }
+}
+
+/// A systemd unit name such as `docker.service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitName(String);
+
+impl UnitName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Deserializes `""` as `None` ("no unit"), anything else as a unit name.
+impl<'de> Deserialize<'de> for UnitName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        const SUFFIXES: [&str; 4] = [".service", ".socket", ".target", ".scope"];
+        let valid_chars = s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
+        if valid_chars && SUFFIXES.iter().any(|x| s.len() > x.len() && s.ends_with(x)) {
+            Ok(UnitName(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "\"{s}\" is not a systemd unit name such as \"docker.service\" (use \"\" for none)"
+            )))
+        }
+    }
+}
+
+/// A tracing filter, checked for shape here (the daemon compiles it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        // Each directive is a level, or `target=level`; a bare word that is
+        // not a level is almost always a typo, so it is refused even though
+        // tracing would read it as a target name.
+        let ok = !s.is_empty()
+            && s.split(',').all(|directive| match directive.split_once('=') {
+                None => LEVELS.contains(&directive),
+                Some((target, level)) => {
+                    !target.is_empty()
+                        && target
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+                        && LEVELS.contains(&level)
+                }
+            });
+        if ok {
+            Ok(LogFilter(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "\"{s}\" is not a log filter: use one of off, error, warn, info, debug, trace, \
+                 or directives such as \"info,containeros_engine=debug\""
+            )))
+        }
+    }
+}
+
+/// `unit = ""` means no unit; serde's `Option` would otherwise want the key
+/// to be absent for `None`.
+mod optional_unit {
+    use super::UnitName;
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UnitName>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        UnitName::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(s)).map(Some)
+    }
+}
