@@ -1,0 +1,108 @@
+//! The part of systemd's `org.freedesktop.systemd1.Manager` D-Bus API the
+//! agent uses: `Subscribe`, `RestartUnit` and the `JobRemoved` signal that
+//! tells how the job ended. Restarting through the API (rather than spawning
+//! `systemctl`) gives the job's real result and needs no extra binary.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::zvariant::OwnedObjectPath;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_blocking = false
+)]
+pub trait Manager {
+    /// Asks systemd to send job/unit signals to this connection.
+    fn subscribe(&self) -> zbus::Result<()>;
+
+    /// Queues a restart job for `name`; returns the job's object path.
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnitManagerError {
+    #[error("cannot subscribe to systemd's signals on the bus: {0}")]
+    Subscribe(#[source] zbus::Error),
+    #[error("systemd refused to restart {unit}: {source}")]
+    Restart {
+        unit: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("restart job of {unit} did not finish within {timeout:?}")]
+    JobTimeout { unit: String, timeout: Duration },
+    #[error("lost systemd's job signals while restarting {unit}")]
+    SignalsLost { unit: String },
+}
+
+/// How a systemd job ended: `done`, `canceled`, `timeout`, `failed`,
+/// `dependency` or `skipped` (systemd's own words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome(pub String);
+
+impl JobOutcome {
+    pub fn is_done(&self) -> bool {
+        self.0 == "done"
+    }
+}
+
+/// A client for systemd's unit manager on a given bus connection.
+#[derive(Debug, Clone)]
+pub struct UnitManager {
+    proxy: ManagerProxy<'static>,
+}
+
+impl UnitManager {
+    pub async fn new(connection: &zbus::Connection) -> zbus::Result<Self> {
+        Ok(Self {
+            proxy: ManagerProxy::new(connection).await?,
+        })
+    }
+
+    /// Restarts `unit` (mode `replace`) and waits up to `timeout` for the
+    /// job to finish, returning its result.
+    pub async fn restart(&self, unit: &str, timeout: Duration) -> Result<JobOutcome, UnitManagerError> {
+        self.proxy
+            .subscribe()
+            .await
+            .map_err(UnitManagerError::Subscribe)?;
+        // Listen before queuing the job, or a fast job's signal is missed.
+        let mut removed = self
+            .proxy
+            .receive_job_removed()
+            .await
+            .map_err(UnitManagerError::Subscribe)?;
+        let job =
+            self.proxy
+                .restart_unit(unit, "replace")
+                .await
+                .map_err(|source| UnitManagerError::Restart {
+                    unit: unit.to_owned(),
+                    source,
+                })?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Ok(JobOutcome(args.result));
+                }
+            }
+            Err(UnitManagerError::SignalsLost {
+                unit: unit.to_owned(),
+            })
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(UnitManagerError::JobTimeout {
+                unit: unit.to_owned(),
+                timeout,
+            }),
+        }
+    }
+}
