@@ -1,0 +1,151 @@
+//! The client side: a typed proxy and a connection helper whose errors say
+//! what to do (daemon not running, bus not reachable, access denied).
+
+use std::collections::HashMap;
+
+use zbus::zvariant::OwnedValue;
+
+use crate::{BUS_NAME, INTERFACE, Status};
+
+#[zbus::proxy(
+    interface = "org.containeros.Agent1",
+    default_service = "org.containeros.Agent1",
+    default_path = "/org/containeros/Agent1",
+    gen_blocking = false
+)]
+pub trait Agent {
+    fn restart_engine(&self) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn agent_version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn os_version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn booted_slot(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn operation(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn last_error(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn engine_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn engine_version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn engine_restarts(&self) -> zbus::Result<u32>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the D-Bus {bus}: {source}; is dbus-daemon running?")]
+    Connect {
+        bus: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error(
+        "the ContainerOS agent is not running: nobody owns {BUS_NAME} on the {bus} \
+         (start it with `systemctl start containeros-agent`, see `journalctl -u containeros-agent`)"
+    )]
+    NotRunning { bus: String },
+    #[error(
+        "permission denied: {0} (only root and members of the `containeros` group may change the device)"
+    )]
+    AccessDenied(String),
+    #[error("the agent refused: {0}")]
+    Refused(String),
+    #[error("D-Bus call failed: {0}")]
+    Call(#[source] zbus::Error),
+}
+
+impl From<zbus::Error> for ClientError {
+    fn from(e: zbus::Error) -> Self {
+        match &e {
+            zbus::Error::MethodError(name, message, _) => {
+                let message = message.clone().unwrap_or_else(|| name.to_string());
+                if name.as_str() == "org.freedesktop.DBus.Error.AccessDenied" {
+                    ClientError::AccessDenied(message)
+                } else if name.as_str().starts_with("org.containeros.Agent1.Error.") {
+                    ClientError::Refused(message)
+                } else {
+                    ClientError::Call(e)
+                }
+            }
+            zbus::Error::FDO(fdo) => match fdo.as_ref() {
+                zbus::fdo::Error::AccessDenied(m) => ClientError::AccessDenied(m.clone()),
+                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_) => {
+                    ClientError::NotRunning { bus: "bus".into() }
+                }
+                _ => ClientError::Call(e),
+            },
+            _ => ClientError::Call(e),
+        }
+    }
+}
+
+/// Connects to `address` (a D-Bus address) or the system bus, and checks
+/// that the agent is there.
+pub async fn connect(address: Option<&str>) -> Result<AgentProxy<'static>, ClientError> {
+    let bus = match address {
+        Some(a) => format!("bus at {a}"),
+        None => "system bus".to_owned(),
+    };
+    let connect_error = |source| ClientError::Connect {
+        bus: bus.clone(),
+        source,
+    };
+    let builder = match address {
+        Some(a) => zbus::connection::Builder::address(a),
+        None => zbus::connection::Builder::system(),
+    }
+    .map_err(connect_error)?;
+    let connection = builder.build().await.map_err(connect_error)?;
+    let dbus = zbus::fdo::DBusProxy::new(&connection).await?;
+    let name = zbus::names::BusName::try_from(BUS_NAME).map_err(|e| ClientError::Call(e.into()))?;
+    if !dbus
+        .name_has_owner(name)
+        .await
+        .map_err(|e| ClientError::Call(e.into()))?
+    {
+        return Err(ClientError::NotRunning { bus });
+    }
+    Ok(AgentProxy::new(&connection).await?)
+}
+
+/// Reads every property in one `GetAll` round trip.
+pub async fn status(proxy: &AgentProxy<'_>) -> Result<Status, ClientError> {
+    let props = zbus::fdo::PropertiesProxy::builder(proxy.inner().connection())
+        .destination(BUS_NAME)?
+        .path(proxy.inner().path().to_owned())?
+        .build()
+        .await?;
+    let iface = zbus::names::InterfaceName::try_from(INTERFACE).map_err(|e| ClientError::Call(e.into()))?;
+    let all = props
+        .get_all(iface)
+        .await
+        .map_err(|e| ClientError::from(zbus::Error::from(e)))?;
+    Ok(Status {
+        agent_version: string(&all, "AgentVersion"),
+        os_version: string(&all, "OsVersion"),
+        booted_slot: string(&all, "BootedSlot"),
+        operation: string(&all, "Operation"),
+        progress: number(&all, "Progress"),
+        last_error: string(&all, "LastError"),
+        engine_state: string(&all, "EngineState"),
+        engine_version: string(&all, "EngineVersion"),
+        engine_restarts: number(&all, "EngineRestarts"),
+    })
+}
+
+fn string(all: &HashMap<String, OwnedValue>, key: &str) -> String {
+    all.get(key)
+        .and_then(|v| v.downcast_ref::<&str>().ok().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn number(all: &HashMap<String, OwnedValue>, key: &str) -> u32 {
+    all.get(key)
+        .and_then(|v| v.downcast_ref::<u32>().ok())
+        .unwrap_or_default()
+}

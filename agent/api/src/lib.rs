@@ -1,0 +1,62 @@
+//! The agent's D-Bus API, shared by the daemon (server) and the CLI
+//! (client) so both speak the same names and types.
+//!
+//! - Bus name `org.containeros.Agent1`, object `/org/containeros/Agent1`.
+//! - Interface `org.containeros.Agent1` (the `1` is the API version: an
+//!   incompatible change gets a new interface name, old clients keep
+//!   working): read-only properties with `PropertiesChanged`, and methods.
+//!   Later capabilities add sibling interfaces on the same object.
+//! - Methods that change the device are refused by the bus itself for
+//!   anyone but root and the `containeros` group (`agent/dist/
+//!   org.containeros.Agent1.conf`); the server does not second-guess it.
+//! - The server never acts by itself: a method becomes a [`Command`] sent to
+//!   the daemon, which answers through a oneshot channel. That keeps this
+//!   crate free of the agent's logic and lets tests drive it alone.
+//!
+//! The introspection XML of the interface is checked in as
+//! `agent/dist/org.containeros.Agent1.xml`; a test fails when it drifts.
+
+mod client;
+mod server;
+
+pub use client::{AgentProxy, ClientError, connect, status};
+pub use server::{AgentInterface, Command, StatusHandle, serve_on};
+
+use serde::Serialize;
+
+pub const BUS_NAME: &str = "org.containeros.Agent1";
+pub const OBJECT_PATH: &str = "/org/containeros/Agent1";
+pub const INTERFACE: &str = "org.containeros.Agent1";
+
+/// Everything `containeros status` shows: the interface's properties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Status {
+    pub agent_version: String,
+    pub os_version: String,
+    /// "A", "B", or "" when the boot did not say.
+    pub booted_slot: String,
+    /// What the agent is doing: "idle", or the running operation.
+    pub operation: String,
+    /// Percent done of `operation`, 0–100.
+    pub progress: u32,
+    /// The last error, in words for people; "" when none.
+    pub last_error: String,
+    /// unknown, up, down, restarting, failed, unavailable.
+    pub engine_state: String,
+    /// e.g. "Docker Engine 20.10.24 (API 1.41)"; "" until seen.
+    pub engine_version: String,
+    /// Restarts of the engine the agent made since it started.
+    pub engine_restarts: u32,
+}
+
+/// Errors returned to D-Bus callers, with stable names clients can match.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.containeros.Agent1.Error")]
+pub enum ApiError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The operation was tried and failed; the message says why.
+    Failed(String),
+    /// The agent cannot do this in its current configuration or state.
+    Unavailable(String),
+}

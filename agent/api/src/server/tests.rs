@@ -1,0 +1,154 @@
+use futures_util::StreamExt;
+
+use super::*;
+use crate::{AgentProxy, BUS_NAME, INTERFACE};
+
+/// A server and a client joined by a socket pair: the real zbus object
+/// server and proxy, no bus daemon needed.
+async fn pair() -> (
+    zbus::Connection,
+    zbus::Connection,
+    StatusHandle,
+    mpsc::Receiver<Command>,
+) {
+    let (a, b) = tokio::net::UnixStream::pair().expect("socketpair");
+    let guid = zbus::Guid::generate();
+    let server = zbus::connection::Builder::unix_stream(a)
+        .server(guid)
+        .expect("server")
+        .p2p()
+        .build();
+    let client = zbus::connection::Builder::unix_stream(b).p2p().build();
+    let (server, client) = tokio::try_join!(server, client).expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    let status = Status {
+        agent_version: "1.2.3".into(),
+        operation: "idle".into(),
+        engine_state: "unknown".into(),
+        ..Status::default()
+    };
+    let handle = serve_on(&server, status, tx).await.expect("serve");
+    (server, client, handle, rx)
+}
+
+async fn proxy(client: &zbus::Connection) -> AgentProxy<'static> {
+    AgentProxy::builder(client)
+        .destination(BUS_NAME)
+        .expect("name")
+        .build()
+        .await
+        .expect("proxy")
+}
+
+#[tokio::test]
+async fn properties_are_served_and_changes_are_signalled() {
+    let (_server, client, handle, _rx) = pair().await;
+    let agent = proxy(&client).await;
+    assert_eq!(agent.agent_version().await.expect("get"), "1.2.3");
+    assert_eq!(agent.engine_state().await.expect("get"), "unknown");
+
+    let props = zbus::fdo::PropertiesProxy::builder(&client)
+        .destination(BUS_NAME)
+        .expect("dest")
+        .path(crate::OBJECT_PATH)
+        .expect("path")
+        .build()
+        .await
+        .expect("props");
+    let mut changes = props.receive_properties_changed().await.expect("subscribe");
+    handle
+        .update(|s| {
+            s.engine_state = "up".into();
+            s.engine_restarts = 2;
+        })
+        .await
+        .expect("update");
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 2 {
+        let signal = changes.next().await.expect("signal");
+        let args = signal.args().expect("args");
+        assert_eq!(args.interface_name.as_str(), INTERFACE);
+        for (name, value) in args.changed_properties() {
+            seen.insert(name.to_string(), format!("{value:?}"));
+        }
+    }
+    assert!(seen["EngineState"].contains("up"), "{seen:?}");
+    assert!(seen["EngineRestarts"].contains('2'), "{seen:?}");
+    let status = crate::status(&agent).await.expect("GetAll");
+    assert_eq!((status.engine_state.as_str(), status.engine_restarts), ("up", 2));
+}
+
+#[tokio::test]
+async fn methods_become_commands_and_carry_the_answer_back() {
+    let (_server, client, _handle, mut rx) = pair().await;
+    let agent = proxy(&client).await;
+    let daemon = tokio::spawn(async move {
+        let Some(Command::RestartEngine(reply)) = rx.recv().await else {
+            panic!("no command")
+        };
+        let _ = reply.send(Err("restart job of docker.service ended with \"failed\"".into()));
+    });
+    let err = agent.restart_engine().await.expect_err("refused");
+    daemon.await.expect("daemon");
+    let message = crate::ClientError::from(err).to_string();
+    assert!(
+        message.contains("the agent refused: restart job of docker.service"),
+        "{message}"
+    );
+}
+
+/// The checked-in XML is what clients and docs rely on; regenerate it with
+/// `CONTAINEROS_BLESS=1 cargo test -p containeros-api` after an intended
+/// change.
+#[tokio::test]
+async fn introspection_xml_matches_the_checked_in_file() {
+    let (_server, client, _handle, _rx) = pair().await;
+    let introspect = zbus::fdo::IntrospectableProxy::builder(&client)
+        .destination(BUS_NAME)
+        .expect("dest")
+        .path(crate::OBJECT_PATH)
+        .expect("path")
+        .build()
+        .await
+        .expect("proxy");
+    let xml = introspect.introspect().await.expect("introspect");
+    let ours = interface_block(&xml).expect("our interface is served");
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/org.containeros.Agent1.xml");
+    let wanted = format!(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \
+         \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n\
+         <!-- Generated from the agent by `CONTAINEROS_BLESS=1 cargo test -p containeros-api`; do not edit. -->\n\
+         <node>\n{ours}\n</node>\n"
+    );
+    if std::env::var_os("CONTAINEROS_BLESS").is_some() {
+        std::fs::write(file, &wanted).expect("write xml");
+    }
+    let checked_in = std::fs::read_to_string(file).unwrap_or_default();
+    assert_eq!(
+        checked_in, wanted,
+        "agent/dist/org.containeros.Agent1.xml drifted from the code; \
+         run `CONTAINEROS_BLESS=1 cargo test -p containeros-api` and commit it"
+    );
+}
+
+fn interface_block(xml: &str) -> Option<String> {
+    let start = xml.find(&format!("<interface name=\"{INTERFACE}\">"))?;
+    let end = start + xml[start..].find("</interface>")? + "</interface>".len();
+    // Re-indent line by line so the file does not depend on zbus' indentation.
+    let lines: Vec<String> = xml[start..end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let depth = if l.starts_with("<interface") || l.starts_with("</interface") {
+                1
+            } else if l.starts_with("<arg") || l.starts_with("<annotation") {
+                3
+            } else {
+                2
+            };
+            format!("{}{l}", "  ".repeat(depth))
+        })
+        .collect();
+    Some(lines.join("\n"))
+}
