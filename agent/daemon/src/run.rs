@@ -1,0 +1,189 @@
+//! The running daemon: bus, API object, engine supervision, systemd
+//! notifications, and a clean stop on SIGTERM/SIGINT.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use containeros_api::{BUS_NAME, Command, Status, StatusHandle};
+use containeros_config::{Bus, EngineKind, Loaded};
+use containeros_engine::{DockerProbe, EngineState, EngineStatus, Policy, RestartRequest, SystemdRestarter};
+use containeros_systemd::{Notifier, UnitManager};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::device;
+
+pub async fn run(loaded: Loaded) -> Result<()> {
+    let config = &loaded.config;
+    let notifier = Notifier::from_env().context("cannot use $NOTIFY_SOCKET")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    let connection = connect(&config.dbus.bus).await?;
+    let (commands_tx, mut commands) = mpsc::channel::<Command>(8);
+    let status = initial_status(config.agent.os_release.as_path());
+    let api = containeros_api::serve_on(&connection, status, commands_tx)
+        .await
+        .context("cannot serve the D-Bus API object")?;
+    connection.request_name(BUS_NAME).await.with_context(|| {
+        format!(
+            "cannot own the bus name {BUS_NAME}: another agent may be running, or the D-Bus policy \
+             (org.containeros.Agent1.conf in /usr/share/dbus-1/system.d) is not installed"
+        )
+    })?;
+
+    // Engine supervision publishes into a watch; one task mirrors it onto D-Bus.
+    let (engine_tx, engine_rx) = watch::channel(EngineStatus::default());
+    let (restart_tx, restart_rx) = mpsc::channel::<RestartRequest>(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let engine_kind = config.engine.kind;
+    let unit = config.engine.unit.as_ref().map(|u| u.as_str().to_owned());
+    let supervisor = match engine_kind {
+        EngineKind::Docker => {
+            let probe = DockerProbe::new(config.engine.socket.as_path(), config.engine.check_timeout.get());
+            let restarter = match &unit {
+                Some(unit) => Some(SystemdRestarter::new(
+                    UnitManager::new(&connection)
+                        .await
+                        .context("cannot reach systemd on the bus")?,
+                    unit,
+                )),
+                None => None,
+            };
+            let policy = Policy::from_config(&config.engine);
+            info!(socket = %config.engine.socket.as_path().display(), unit = unit.as_deref().unwrap_or("(none)"), "supervising the engine");
+            Some(tokio::spawn(containeros_engine::supervise(
+                probe, restarter, policy, engine_tx, restart_rx, stopped,
+            )))
+        }
+        EngineKind::Native => {
+            let reason = "engine.kind = \"native\": the built-in OCI engine is not part of this agent build yet; \
+                          use kind = \"docker\" with a Docker-compatible engine";
+            warn!("{reason}");
+            engine_tx.send_replace(EngineStatus {
+                state: EngineState::Unavailable,
+                last_error: reason.to_owned(),
+                ..EngineStatus::default()
+            });
+            None
+        }
+    };
+    let mirror = tokio::spawn(mirror_engine_status(engine_rx, api.clone()));
+
+    let ready = format!("serving {BUS_NAME}");
+    notifier
+        .ready(&ready)
+        .context("cannot notify systemd of readiness")?;
+    info!(version = env!("CARGO_PKG_VERSION"), config = %loaded.sources.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(" + "), "agent ready, {ready}");
+
+    let watchdog_period = notifier.watchdog_timeout().map(|t| t / 2);
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = watchdog.tick(), if watchdog_period.is_some() => {
+                if let Err(e) = notifier.watchdog() {
+                    warn!("cannot ping the systemd watchdog: {e}");
+                }
+            }
+            Some(command) = commands.recv() => handle(command, &restart_tx, engine_kind, unit.is_some()),
+        }
+    }
+
+    let _ = notifier.stopping();
+    let _ = stop_tx.send(true);
+    if let Some(task) = supervisor {
+        let _ = task.await;
+    }
+    mirror.abort();
+    let _ = connection.release_name(BUS_NAME).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn connect(bus: &Bus) -> Result<zbus::Connection> {
+    let (builder, name) = match bus {
+        Bus::System => (zbus::connection::Builder::system(), "the system bus".to_owned()),
+        Bus::Address(a) => (
+            zbus::connection::Builder::address(a.as_str()),
+            format!("the bus at {a} (dbus.bus)"),
+        ),
+    };
+    builder
+        .with_context(|| format!("cannot use {name}"))?
+        .build()
+        .await
+        .with_context(|| format!("cannot connect to {name}; is dbus-daemon running?"))
+}
+
+fn initial_status(os_release: &Path) -> Status {
+    let os_version = device::read(os_release).and_then(|t| device::os_version(&t));
+    if os_version.is_none() {
+        warn!(file = %os_release.display(), "no VERSION_ID in the os-release file (agent.os_release); OS version unknown");
+    }
+    let booted_slot = device::read(Path::new("/proc/cmdline"))
+        .and_then(|t| device::booted_slot(&t))
+        .unwrap_or_default();
+    Status {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        os_version: os_version.unwrap_or_default(),
+        booted_slot,
+        operation: "idle".to_owned(),
+        engine_state: EngineState::Unknown.as_str().to_owned(),
+        ..Status::default()
+    }
+}
+
+async fn mirror_engine_status(mut rx: watch::Receiver<EngineStatus>, api: StatusHandle) {
+    loop {
+        let engine = rx.borrow_and_update().clone();
+        let result = api
+            .update(|s| {
+                s.engine_state = engine.state.as_str().to_owned();
+                s.engine_version = engine.info.as_ref().map(ToString::to_string).unwrap_or_default();
+                s.engine_restarts = engine.restarts;
+                s.last_error = engine.last_error.clone();
+            })
+            .await;
+        if let Err(e) = result {
+            warn!("cannot publish the engine status on D-Bus: {e}");
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(command: Command, restart: &mpsc::Sender<RestartRequest>, kind: EngineKind, has_unit: bool) {
+    match command {
+        Command::RestartEngine(reply) => {
+            if kind != EngineKind::Docker || !has_unit {
+                let _ = reply.send(Err(
+                    "no engine unit to restart: set engine.unit (and engine.kind = \"docker\")".to_owned(),
+                ));
+                return;
+            }
+            info!("engine restart requested over D-Bus");
+            // The supervisor answers on `reply` once the restart job ended;
+            // the main loop never waits for it.
+            match restart.try_send(reply) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(reply)) => {
+                    let _ = reply.send(Err("an engine restart is already in progress".to_owned()));
+                }
+                Err(mpsc::error::TrySendError::Closed(reply)) => {
+                    let _ = reply.send(Err("the engine supervisor has stopped".to_owned()));
+                }
+            }
+        }
+    }
+}
