@@ -1,0 +1,219 @@
+//! The processes under test: the workspace's binaries, a private dockerd,
+//! and the agent with its readiness read from a `NOTIFY_SOCKET`.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`containeros-agent`, `containeros`), built
+/// once per test run with the same cargo and profile as the tests.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/system-<hash> → target/<profile>
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(&workspace)
+            .args(["build", "--bin", "containeros-agent", "--bin", "containeros"])
+            .env("CARGO_TARGET_DIR", profile_dir.parent().expect("target"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        profile_dir
+    });
+    dir.join(name)
+}
+
+/// The CLI, pointed at `bus`.
+pub fn cli(bus: &str) -> Command {
+    let mut c = Command::new(bin("containeros"));
+    c.arg("--bus").arg(bus);
+    c
+}
+
+/// Wraps `command` to run under another uid/gid (util-linux `setpriv`),
+/// with the given supplementary groups.
+pub fn run_as(command: &Command, uid: u32, gid: u32, groups: &[u32]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", list.join(",")));
+    }
+    c.arg(command.get_program()).args(command.get_args());
+    c
+}
+
+/// Panics with a clear message when not root (the tests need loop devices,
+/// setpriv, a private dockerd).
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the system tests need root (private dockerd, other uids); run them as root or through .ci/run"
+    );
+}
+
+/// A private dockerd's command line: its own data-root, exec-root and
+/// socket, no bridge and no iptables rules, so it runs beside any other
+/// engine on the machine.
+#[derive(Debug)]
+pub struct Dockerd {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Dockerd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dockerd {
+    pub fn new() -> Self {
+        // Short path: dockerd's and containerd's sockets live under it.
+        let dir = tempfile::Builder::new()
+            .prefix("cd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
+        Self { dir }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    pub fn argv(&self) -> Vec<String> {
+        let d = self.dir.path().display();
+        [
+            "dockerd".to_owned(),
+            format!("--config-file={d}/daemon.json"),
+            format!("--data-root={d}/data"),
+            format!("--exec-root={d}/exec"),
+            format!("--pidfile={d}/docker.pid"),
+            format!("--host=unix://{d}/docker.sock"),
+            "--bridge=none".to_owned(),
+            "--iptables=false".to_owned(),
+            "--ip-masq=false".to_owned(),
+            "--log-level=warn".to_owned(),
+        ]
+        .into()
+    }
+}
+
+/// A running `containeros-agent`.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    notify: UnixDatagram,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Writes `config` to a file, starts the agent on it with
+    /// `WATCHDOG_USEC` set, and waits for `READY=1`.
+    pub fn start(config: &str) -> Self {
+        let mut agent = Self::spawn(config);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent
+                .notifications()
+                .iter()
+                .any(|m| m.lines().any(|l| l == "READY=1"))
+            {
+                return agent;
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent exited before ready ({status}): {}", agent.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after 30s: {}",
+                agent.stderr()
+            );
+        }
+    }
+
+    pub fn spawn(config: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cos-agent")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = dir.path().join("agent.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+        let child = Command::new(bin("containeros-agent"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "1000000")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the agent");
+        Self { child, notify, dir }
+    }
+
+    /// Datagrams the agent sent to its notify socket since the last call.
+    pub fn notifications(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent ignored SIGTERM: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

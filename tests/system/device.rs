@@ -1,0 +1,203 @@
+//! The agent with a real engine: status over D-Bus, readiness and watchdog
+//! notifications, engine death and recovery, clean stop.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use containeros_tests::{Agent, Bus, Dockerd, UnitManager, cli, eventually, require_root};
+use futures_util::StreamExt;
+
+pub struct Device {
+    pub bus: Bus,
+    /// Kept for its directory (data-root, socket) until the test ends.
+    pub _dockerd: Dockerd,
+    pub _state: tempfile::TempDir,
+    pub units: UnitManager,
+    pub agent: Agent,
+}
+
+impl Device {
+    /// A bus, a unit manager running a private dockerd as `docker.service`,
+    /// and the agent supervising it with short intervals.
+    pub async fn start() -> Self {
+        require_root();
+        let bus = Bus::start();
+        let dockerd = Dockerd::new();
+        let units = UnitManager::start(&bus, &[("docker.service", dockerd.argv())]).await;
+        let started = units.start_unit("docker.service").await;
+        assert_eq!(
+            started,
+            "done",
+            "dockerd did not start: {}",
+            units.log("docker.service")
+        );
+        let state = tempfile::tempdir().expect("tempdir");
+        let agent = Agent::start(&format!(
+            r#"
+[agent]
+state_dir = "{state}"
+log_level = "debug"
+[dbus]
+bus = "{bus}"
+[engine]
+socket = "{socket}"
+unit = "docker.service"
+check_interval = "1s"
+check_timeout = "1s"
+failures_before_restart = 2
+restart_backoff = "1s"
+restart_backoff_max = "4s"
+"#,
+            state = state.path().display(),
+            bus = bus.address(),
+            socket = dockerd.socket().display(),
+        ));
+        Self {
+            bus,
+            _dockerd: dockerd,
+            _state: state,
+            units,
+            agent,
+        }
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = cli(self.bus.address())
+            .args(["status", "--json"])
+            .output()
+            .expect("cli");
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    pub async fn engine_up(&self) -> serde_json::Value {
+        eventually(60, "engine up", || async {
+            let s = self.status_json();
+            (s["engine_state"] == "up").then_some(s)
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_over_dbus_shows_the_engine_and_the_agent() {
+    let device = Device::start().await;
+    let status = device.engine_up().await;
+    assert_eq!(status["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["operation"], "idle");
+    assert_eq!(status["engine_restarts"], 0);
+    let engine = status["engine_version"].as_str().unwrap_or_default();
+    // The private dockerd is Debian's 20.10: the agent must have negotiated
+    // down to the engine's API version rather than speak its own newest.
+    let api = engine
+        .rsplit("(API ")
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(')');
+    assert!(api.starts_with("1."), "negotiated API version in {engine:?}");
+
+    let out = cli(device.bus.address()).arg("status").output().expect("cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("Engine:       up, "), "{text}");
+    assert!(text.contains("Agent:        "), "{text}");
+
+    // Readiness came with READY=1 (Agent::start waited for it); the
+    // watchdog (WATCHDOG_USEC=1s) is pinged at half the period.
+    let mut pings = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pings < 3 && std::time::Instant::now() < deadline {
+        pings += device
+            .agent
+            .notifications()
+            .iter()
+            .filter(|m| m.as_str() == "WATCHDOG=1")
+            .count();
+    }
+    assert!(pings >= 3, "{pings} watchdog pings in 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_engine_is_reported_down_and_restarted_through_systemd() {
+    let device = Device::start().await;
+    device.engine_up().await;
+
+    // Watch the API's own signals, as a dashboard would.
+    let connection = device.bus.connect().await;
+    let props = zbus::fdo::PropertiesProxy::builder(&connection)
+        .destination(containeros_api::BUS_NAME)
+        .expect("name")
+        .path(containeros_api::OBJECT_PATH)
+        .expect("path")
+        .build()
+        .await
+        .expect("proxy");
+    let mut changes = props.receive_properties_changed().await.expect("subscribe");
+
+    let pid = device.units.main_pid("docker.service").expect("dockerd runs");
+    let starts_before = device.units.starts("docker.service");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill dockerd");
+
+    let mut states = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(signal) = changes.next().await {
+            let Ok(args) = signal.args() else { continue };
+            if let Some(value) = args.changed_properties().get("EngineState") {
+                let state: String = value
+                    .try_clone()
+                    .ok()
+                    .and_then(|v| String::try_from(v).ok())
+                    .unwrap_or_default();
+                states.push(state.clone());
+                if state == "up" {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "engine never came back; states {states:?}; agent log:\n{}",
+        device.agent.stderr()
+    );
+    let distinct: BTreeSet<&str> = states.iter().map(String::as_str).collect();
+    assert!(distinct.contains("restarting"), "states {states:?}");
+
+    let status = device.engine_up().await;
+    assert_eq!(status["engine_restarts"], 1, "{status}");
+    assert_eq!(device.units.starts("docker.service"), starts_before + 1);
+    assert_ne!(
+        device.units.main_pid("docker.service"),
+        Some(pid),
+        "a new dockerd runs"
+    );
+    let log = device.agent.stderr();
+    assert!(
+        log.contains("restarting the engine"),
+        "the restart is logged:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_releases_the_name() {
+    let mut device = Device::start().await;
+    let status = device.agent.terminate();
+    assert!(status.success(), "exit {status}: {}", device.agent.stderr());
+    assert!(device.agent.notifications().iter().any(|m| m == "STOPPING=1"));
+    let out = cli(device.bus.address()).arg("status").output().expect("cli");
+    assert_eq!(out.status.code(), Some(3), "not running → exit 3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the ContainerOS agent is not running"),
+        "{stderr}"
+    );
+}

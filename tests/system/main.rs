@@ -1,0 +1,8 @@
+//! System tests: the built agent and CLI against a private dbus-daemon (with
+//! the shipped policy), a private dockerd, and the stand-in unit manager.
+//! They need root (see `containeros_tests::require_root`) and the Debian
+//! packages `.ci/run` installs.
+
+mod config;
+mod device;
+mod policy;
