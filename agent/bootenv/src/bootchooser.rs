@@ -365,59 +365,32 @@ mod tests {
         let c = ab();
         let table: [(Env, Option<&str>); 9] = [
             (
-                &[
-                    ("BOOT_ORDER", "A B"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "3"),
-                ],
+                &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")],
                 Some("A"),
             ),
             (
-                &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "1"),
-                ],
+                &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "1")],
                 Some("B"),
             ),
             (
-                &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "0"),
-                ],
+                &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "0")],
                 Some("A"),
             ),
             (
-                &[
-                    ("BOOT_ORDER", "A B"),
-                    ("BOOT_A_LEFT", "0"),
-                    ("BOOT_B_LEFT", "0"),
-                ],
+                &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "0"), ("BOOT_B_LEFT", "0")],
                 None,
             ),
             (
-                &[
-                    ("BOOT_ORDER", "B"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "0"),
-                ],
+                &[("BOOT_ORDER", "B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "0")],
                 None,
             ),
             // Unknown names in the order are skipped, as RAUC skips them.
             (
-                &[
-                    ("BOOT_ORDER", "C A"),
-                    ("BOOT_A_LEFT", "1"),
-                    ("BOOT_C_LEFT", "3"),
-                ],
+                &[("BOOT_ORDER", "C A"), ("BOOT_A_LEFT", "1"), ("BOOT_C_LEFT", "3")],
                 Some("A"),
             ),
             // Extra spaces are tolerated; counters are hex.
-            (
-                &[("BOOT_ORDER", " B  A "), ("BOOT_B_LEFT", "0xa")],
-                Some("B"),
-            ),
+            (&[("BOOT_ORDER", " B  A "), ("BOOT_B_LEFT", "0xa")], Some("B")),
             (
                 &[
                     ("BOOT_ORDER", "A B"),
@@ -465,12 +438,7 @@ mod tests {
         let c = ab();
         type Case<'a> = (Env<'a>, &'a str, &'a str, Env<'a>);
         let table: [Case; 9] = [
-            (
-                &[("BOOT_ORDER", "A B")],
-                "good",
-                "B",
-                &[("BOOT_B_LEFT", "3")],
-            ),
+            (&[("BOOT_ORDER", "A B")], "good", "B", &[("BOOT_B_LEFT", "3")]),
             // mark_good does not bring a removed slot back into the order.
             (&[("BOOT_ORDER", "A")], "good", "B", &[("BOOT_B_LEFT", "3")]),
             (
@@ -486,12 +454,7 @@ mod tests {
                 &[("BOOT_ORDER", "A"), ("BOOT_B_LEFT", "0")],
             ),
             // Missing order: start from the default the boot script uses.
-            (
-                &[],
-                "bad",
-                "A",
-                &[("BOOT_ORDER", "B"), ("BOOT_A_LEFT", "0")],
-            ),
+            (&[], "bad", "A", &[("BOOT_ORDER", "B"), ("BOOT_A_LEFT", "0")]),
             (
                 &[("BOOT_ORDER", "A B")],
                 "primary",
@@ -544,14 +507,8 @@ mod tests {
     #[test]
     fn simulated_boots_count_down_and_fall_back() {
         let c = ab();
-        let mut env = vars(&[
-            ("BOOT_ORDER", "B A"),
-            ("BOOT_A_LEFT", "3"),
-            ("BOOT_B_LEFT", "2"),
-        ]);
-        let boots: Vec<BootAttempt> = (0..3)
-            .map(|_| simulate_boot_attempt(&c, &mut env))
-            .collect();
+        let mut env = vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "2")]);
+        let boots: Vec<BootAttempt> = (0..3).map(|_| simulate_boot_attempt(&c, &mut env)).collect();
         assert_eq!(
             boots,
             [
@@ -574,22 +531,11 @@ mod tests {
         );
         assert_eq!(
             env,
-            vars(&[
-                ("BOOT_ORDER", "A B"),
-                ("BOOT_A_LEFT", "2"),
-                ("BOOT_B_LEFT", "3")
-            ])
+            vars(&[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "2"), ("BOOT_B_LEFT", "3")])
         );
 
-        let mut env = vars(&[
-            ("BOOT_ORDER", "A"),
-            ("BOOT_A_LEFT", "0"),
-            ("BOOT_B_LEFT", "0"),
-        ]);
-        assert_eq!(
-            simulate_boot_attempt(&c, &mut env),
-            BootAttempt::CountersReset
-        );
+        let mut env = vars(&[("BOOT_ORDER", "A"), ("BOOT_A_LEFT", "0"), ("BOOT_B_LEFT", "0")]);
+        assert_eq!(simulate_boot_attempt(&c, &mut env), BootAttempt::CountersReset);
         assert_eq!(env["BOOT_A_LEFT"], "3");
         assert_eq!(env["BOOT_B_LEFT"], "3");
         // B was marked bad (out of the order): the reset does not revive it.
@@ -603,11 +549,7 @@ mod tests {
     fn exhausting_a_fresh_primary_selects_the_other_slot() {
         let c = ab();
         // Running from A, both committed; the update makes B primary.
-        let mut env = vars(&[
-            ("BOOT_ORDER", "A B"),
-            ("BOOT_A_LEFT", "3"),
-            ("BOOT_B_LEFT", "3"),
-        ]);
+        let mut env = vars(&[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")]);
         let changes = c.set_primary(&env, "B").expect("known");
         apply(&mut env, &changes);
         assert_eq!(c.primary(&env), Some("B"));
@@ -631,11 +573,7 @@ mod tests {
         apply(&mut env, &changes);
         assert_eq!(
             env,
-            vars(&[
-                ("BOOT_ORDER", "A"),
-                ("BOOT_A_LEFT", "3"),
-                ("BOOT_B_LEFT", "0")
-            ])
+            vars(&[("BOOT_ORDER", "A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "0")])
         );
     }
 }

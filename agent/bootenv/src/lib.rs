@@ -43,9 +43,7 @@ pub mod uboot;
 
 use std::collections::BTreeMap;
 
-pub use bootchooser::{
-    BootAttempt, Bootchooser, BootchooserError, SlotState, simulate_boot_attempt,
-};
+pub use bootchooser::{BootAttempt, Bootchooser, BootchooserError, SlotState, simulate_boot_attempt};
 pub use grub::{GrubEnv, GrubError};
 pub use uboot::{FwEnvConfig, UbootEnv, UbootError};
 

@@ -128,9 +128,7 @@ pub enum UbootError {
         locations: String,
     },
     /// A copy has a valid CRC but its entries run past the data area.
-    #[error(
-        "U-Boot env copy {location} is malformed: entry at data offset {offset} is not terminated"
-    )]
+    #[error("U-Boot env copy {location} is malformed: entry at data offset {offset} is not terminated")]
     ParseEnvironment {
         /// The copy.
         location: String,
@@ -317,11 +315,7 @@ impl UbootEnv {
         let redundant = self.config.is_redundant();
         // With no valid copy, libubootenv treats copy 0 as current and writes
         // copy 1; doing the same keeps both tools in step.
-        let target = if redundant {
-            1 - current.unwrap_or(0)
-        } else {
-            0
-        };
+        let target = if redundant { 1 - current.unwrap_or(0) } else { 0 };
         let location = &self.config.copies()[target];
         let size = self.config.env_size();
         let copy = image::build(
@@ -528,10 +522,7 @@ mod tests {
         let err = redundant(&dev).get_all().expect_err("blank device");
         let message = err.to_string();
         assert!(message.contains("no valid U-Boot environment"), "{message}");
-        assert!(
-            message.contains(&dev.path.display().to_string()),
-            "{message}"
-        );
+        assert!(message.contains(&dev.path.display().to_string()), "{message}");
         assert!(redundant(&dev).set(&changes(&[("a", Some("1"))])).is_err());
         assert_eq!(
             std::fs::read(&dev.path).expect("read"),
@@ -539,10 +530,7 @@ mod tests {
         );
 
         let env = redundant(&dev).with_default_env(vars(&[("bootdelay", "2")]));
-        assert_eq!(
-            env.get_all().expect("defaults"),
-            vars(&[("bootdelay", "2")])
-        );
+        assert_eq!(env.get_all().expect("defaults"), vars(&[("bootdelay", "2")]));
         env.set(&changes(&[("a", Some("1"))])).expect("write");
         // libubootenv: copy 0 counts as current, the new one goes to copy 1.
         assert_eq!(flags(&dev), (0, 1));
@@ -627,14 +615,9 @@ mod tests {
         env.set(&changes(&[("a", Some("1"))])).expect("write");
         let before = std::fs::read(&dev.path).expect("read");
         let big = "x".repeat(SIZE as usize);
-        let err = env
-            .set(&changes(&[("big", Some(&big))]))
-            .expect_err("too big");
+        let err = env.set(&changes(&[("big", Some(&big))])).expect_err("too big");
         let message = err.to_string();
-        assert!(
-            message.contains(&dev.path.display().to_string()),
-            "{message}"
-        );
+        assert!(message.contains(&dev.path.display().to_string()), "{message}");
         assert!(message.contains("0x400"), "{message}");
         assert_eq!(std::fs::read(&dev.path).expect("read"), before);
     }
@@ -659,9 +642,7 @@ mod tests {
         raw.insert(b"bin".to_vec(), vec![0xff, 0xfe]);
         let copy = image::build(&raw, SIZE as usize, false, 0).expect("fits");
         std::fs::write(&dev.path, &copy).expect("write");
-        single(&dev)
-            .set(&changes(&[("a", Some("1"))]))
-            .expect("write");
+        single(&dev).set(&changes(&[("a", Some("1"))])).expect("write");
         let bytes = std::fs::read(&dev.path).expect("read");
         assert_eq!(&bytes[4..16], b"a=1\0bin=\xff\xfe\0\0");
     }
@@ -669,17 +650,13 @@ mod tests {
     #[test]
     fn negative_offset_counts_from_the_end() {
         let dev = device(4 * SIZE);
-        let config =
-            FwEnvConfig::single(EnvLocation::new(&dev.path, -(SIZE as i64), SIZE)).expect("config");
+        let config = FwEnvConfig::single(EnvLocation::new(&dev.path, -(SIZE as i64), SIZE)).expect("config");
         let env = UbootEnv::new(config)
             .with_lock_file(None)
             .with_default_env(BTreeMap::new());
         env.set(&changes(&[("a", Some("1"))])).expect("write");
         let bytes = std::fs::read(&dev.path).expect("read");
-        assert_eq!(
-            &bytes[3 * SIZE as usize + 4..3 * SIZE as usize + 8],
-            b"a=1\0"
-        );
+        assert_eq!(&bytes[3 * SIZE as usize + 4..3 * SIZE as usize + 8], b"a=1\0");
     }
 
     #[test]

@@ -128,8 +128,7 @@ impl FwEnvConfig {
             }
             if copies.len() == 2 {
                 return Err(fail(
-                    "more than two environment copies; only a single or a redundant pair exists"
-                        .into(),
+                    "more than two environment copies; only a single or a redundant pair exists".into(),
                 ));
             }
             let offset = parse_c_integer(fields[1])
@@ -251,9 +250,7 @@ fn parse_radix(digits: &str, radix: u32) -> Option<u64> {
 }
 
 fn strip_hex_prefix(field: &str) -> Option<&str> {
-    field
-        .strip_prefix("0x")
-        .or_else(|| field.strip_prefix("0X"))
+    field.strip_prefix("0x").or_else(|| field.strip_prefix("0X"))
 }
 
 #[cfg(test)]
@@ -266,10 +263,9 @@ mod tests {
 
     #[test]
     fn single_copy_with_comments_and_blank_lines() {
-        let config = parse(
-            "# MTD device name\tDevice offset\tEnv. size\n\n/boot/uboot.env 0x0000  0x20000\n",
-        )
-        .expect("valid config");
+        let config =
+            parse("# MTD device name\tDevice offset\tEnv. size\n\n/boot/uboot.env 0x0000  0x20000\n")
+                .expect("valid config");
         assert!(!config.is_redundant());
         assert_eq!(
             config.copies(),

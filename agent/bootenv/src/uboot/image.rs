@@ -111,10 +111,7 @@ pub(crate) struct TooLarge {
 
 /// Bytes the serialized data needs: every `name=value\0`, then the final NUL.
 pub(crate) fn data_len(vars: &RawVars) -> usize {
-    vars.iter()
-        .map(|(k, v)| k.len() + v.len() + 2)
-        .sum::<usize>()
-        + 1
+    vars.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 1
 }
 
 /// Builds a complete copy of `copy_size` bytes: header, entries, zero padding.
@@ -160,17 +157,11 @@ mod tests {
     }
 
     fn ok(flags: u8) -> CopyHeader {
-        CopyHeader {
-            crc_ok: true,
-            flags,
-        }
+        CopyHeader { crc_ok: true, flags }
     }
 
     fn bad(flags: u8) -> CopyHeader {
-        CopyHeader {
-            crc_ok: false,
-            flags,
-        }
+        CopyHeader { crc_ok: false, flags }
     }
 
     #[test]
@@ -216,11 +207,7 @@ mod tests {
             (bad(1), bad(2), None),
         ];
         for (first, second, expected) in table {
-            assert_eq!(
-                select_current(first, second),
-                expected,
-                "{first:?} {second:?}"
-            );
+            assert_eq!(select_current(first, second), expected, "{first:?} {second:?}");
         }
     }
 

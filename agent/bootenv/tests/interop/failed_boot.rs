@@ -3,9 +3,7 @@
 //! tries (simulated, writing the env as its `saveenv` would) and falls back
 //! to the old slot; the tools agree on every step.
 
-use containeros_bootenv::{
-    BootAttempt, BootEnv, Bootchooser, GrubEnv, SlotState, simulate_boot_attempt,
-};
+use containeros_bootenv::{BootAttempt, BootEnv, Bootchooser, GrubEnv, SlotState, simulate_boot_attempt};
 
 use crate::harness::diff;
 

@@ -10,9 +10,7 @@ use crate::harness::{run, set, tool, vars};
 const PACKAGE: &str = "grub-common";
 
 pub fn grub_editenv(file: &Path, args: &[&str]) -> String {
-    run(Command::new(tool("grub-editenv", PACKAGE))
-        .arg(file)
-        .args(args))
+    run(Command::new(tool("grub-editenv", PACKAGE)).arg(file).args(args))
 }
 
 /// `grub-editenv FILE list`, verbatim.
@@ -53,10 +51,7 @@ fn grub_editenv_create_and_set_are_read_by_us() {
     grub_editenv(&fx.path, &args);
     grub_editenv(&fx.path, &["set", "gone=soon"]);
     grub_editenv(&fx.path, &["unset", "gone"]);
-    assert_eq!(
-        GrubEnv::new(&fx.path).get_all().expect("we read it"),
-        tricky()
-    );
+    assert_eq!(GrubEnv::new(&fx.path).get_all().expect("we read it"), tricky());
 }
 
 #[test]
@@ -64,24 +59,16 @@ fn our_writes_are_listed_by_grub_editenv() {
     let fx = fixture();
     let env = GrubEnv::new(&fx.path);
     // The first write creates the file; grub-editenv must accept it as is.
-    env.set(&set(&[("gone", "soon"), ("eq", "old")]))
-        .expect("write");
+    env.set(&set(&[("gone", "soon"), ("eq", "old")])).expect("write");
     let mut changes: Changes = tricky().into_iter().map(|(k, v)| (k, Some(v))).collect();
     changes.insert("gone".into(), None);
     env.set(&changes).expect("write");
     // `eq` was rewritten in place (first line), the rest appended in name
     // order; list prints unescaped values.
-    let expected: String = [
-        "eq",
-        "BOOT_B_LEFT",
-        "BOOT_ORDER",
-        "backslash",
-        "multi",
-        "spaces",
-    ]
-    .iter()
-    .map(|k| format!("{k}={}\n", tricky()[*k]))
-    .collect();
+    let expected: String = ["eq", "BOOT_B_LEFT", "BOOT_ORDER", "backslash", "multi", "spaces"]
+        .iter()
+        .map(|k| format!("{k}={}\n", tricky()[*k]))
+        .collect();
     assert_eq!(list(&fx.path), expected);
     assert_eq!(std::fs::metadata(&fx.path).expect("stat").len(), 1024);
     // And grub-editenv can carry on from what we wrote.
@@ -115,11 +102,8 @@ fn edits_are_byte_identical_to_grub_editenv() {
             Some(value) => grub_editenv(&theirs.path, &["set", &format!("{name}={value}")]),
             None => grub_editenv(&theirs.path, &["unset", name]),
         };
-        env.set(&Changes::from([(
-            name.to_owned(),
-            value.map(str::to_owned),
-        )]))
-        .expect("write");
+        env.set(&Changes::from([(name.to_owned(), value.map(str::to_owned))]))
+            .expect("write");
         assert_eq!(
             std::fs::read(&ours.path).expect("read"),
             std::fs::read(&theirs.path).expect("read"),
@@ -135,9 +119,7 @@ fn grub_oversize_and_broken_blocks_are_refused_without_writing() {
     grub_editenv(&fx.path, &["set", "keep=me"]);
     let before = std::fs::read(&fx.path).expect("read");
     let env = GrubEnv::new(&fx.path);
-    let err = env
-        .set(&set(&[("big", &"v".repeat(1024))]))
-        .expect_err("too big");
+    let err = env.set(&set(&[("big", &"v".repeat(1024))])).expect_err("too big");
     assert!(err.to_string().contains("no room"), "{err}");
     assert_eq!(std::fs::read(&fx.path).expect("read"), before);
     assert_eq!(list(&fx.path), "keep=me\n");

@@ -115,10 +115,7 @@ fn tricky_values() -> Vars {
     vars(&[
         ("BOOT_ORDER", "B A"),
         ("BOOT_A_LEFT", "3"),
-        (
-            "bootargs",
-            "console=ttyS0,115200 root=/dev/mmcblk0p2 rauc.slot=A",
-        ),
+        ("bootargs", "console=ttyS0,115200 root=/dev/mmcblk0p2 rauc.slot=A"),
         ("empty_looking", " "),
         ("eq", "a=b=c"),
     ])
@@ -131,10 +128,7 @@ fn fw_setenv_writes_are_read_by_us(redundant: bool) {
     }
     fx.fw_setenv(&["temp", "x"]);
     fx.fw_setenv(&["temp"]); // deletes
-    assert_eq!(
-        fx.ours_strict().get_all().expect("we read it"),
-        tricky_values()
-    );
+    assert_eq!(fx.ours_strict().get_all().expect("we read it"), tricky_values());
     assert_eq!(fx.fw_printenv(), tricky_values());
 }
 
@@ -151,8 +145,7 @@ fn uboot_redundant_fw_setenv_writes_are_read_by_us() {
 fn our_writes_are_printed_by_fw_printenv(redundant: bool) {
     let fx = Fixture::new(redundant);
     let env = fx.ours();
-    env.set(&set(&[("temp", "x"), ("eq", "old")]))
-        .expect("write");
+    env.set(&set(&[("temp", "x"), ("eq", "old")])).expect("write");
     let mut changes = set(&tricky_values()
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -228,10 +221,7 @@ fn uboot_redundant_corrupted_newest_copy_falls_back_to_the_other() {
     bytes[20] ^= 0x55;
     std::fs::write(&fx.device, bytes).expect("corrupt");
     assert_eq!(fx.fw_printenv(), vars(&[("v", "old")]));
-    assert_eq!(
-        fx.ours_strict().get_all().expect("read"),
-        vars(&[("v", "old")])
-    );
+    assert_eq!(fx.ours_strict().get_all().expect("read"), vars(&[("v", "old")]));
     // The next write replaces the broken copy and wins again.
     fx.ours().set(&set(&[("v", "newer")])).expect("write");
     assert_eq!(fx.flags(), (2, 1));
@@ -252,10 +242,7 @@ fn uboot_single_corrupted_copy_is_a_clear_error() {
         "{err:?}"
     );
     let message = err.to_string();
-    assert!(
-        message.contains(&fx.device.display().to_string()),
-        "{message}"
-    );
+    assert!(message.contains(&fx.device.display().to_string()), "{message}");
     assert!(message.contains("CRC"), "{message}");
 }
 
@@ -268,10 +255,7 @@ fn uboot_oversize_environment_is_refused_without_touching_the_device() {
         let big = "x".repeat(SIZE);
         let err = fx.ours().set(&set(&[("big", &big)])).expect_err("too big");
         let message = err.to_string();
-        assert!(
-            message.contains(&fx.device.display().to_string()),
-            "{message}"
-        );
+        assert!(message.contains(&fx.device.display().to_string()), "{message}");
         assert!(message.contains("0x4000"), "{message}");
         assert_eq!(fx.bytes(), before, "device untouched");
         assert_eq!(fx.fw_printenv(), vars(&[("keep", "me")]));
