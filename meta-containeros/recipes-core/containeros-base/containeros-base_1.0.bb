@@ -14,7 +14,8 @@ SRC_URI = "file://containeros-preinit.in \
            file://containeros-grow-data.service \
            file://journald-containeros.conf \
            file://boot-mount.in \
-           file://run-ssh.mount"
+           file://run-ssh.mount \
+           file://80-containeros-wlan.network"
 
 S = "${UNPACKDIR}"
 
@@ -27,9 +28,12 @@ PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 # Paths under /etc kept on /data/etc across reboots and OS updates. Each is
 # bound before systemd starts (systemd reads machine-id and hostname first
-# thing). Directories keep everything inside them.
-CONTAINEROS_PERSISTENT_ETC ??= "machine-id hostname systemd/network ${CONTAINEROS_PERSISTENT_ETC_WIFI}"
-CONTAINEROS_PERSISTENT_ETC_WIFI ??= "${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'wpa_supplicant', '', d)}"
+# thing). A trailing "/" marks a directory: everything inside it persists,
+# and it is created in the root file system so there is something to bind
+# over. Files are bound as they are: replace their content in place (a
+# rename onto a bound file fails).
+CONTAINEROS_PERSISTENT_ETC ??= "machine-id hostname systemd/network/ ${CONTAINEROS_PERSISTENT_ETC_WIFI}"
+CONTAINEROS_PERSISTENT_ETC_WIFI ??= "${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'wpa_supplicant/', '', d)}"
 # Directories created on /data at every boot before systemd starts.
 CONTAINEROS_DATA_DIRS ??= "etc/ssh-host-keys"
 # Where the boot partition (bootloader environment) is mounted; fw_env.config
@@ -62,9 +66,19 @@ do_install() {
 
     # Mount points on the read-only root.
     install -d ${D}/data ${D}${CONTAINEROS_BOOT_MOUNT}
+    for p in ${CONTAINEROS_PERSISTENT_ETC}; do
+        case $p in
+        */) install -d ${D}${sysconfdir}/$p ;;
+        esac
+    done
+
+    if ${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'true', 'false', d)}; then
+        install -d ${D}${systemd_unitdir}/network
+        install -m 0644 ${UNPACKDIR}/80-containeros-wlan.network ${D}${systemd_unitdir}/network/
+    fi
 }
 
-FILES:${PN} += "/data ${CONTAINEROS_BOOT_MOUNT} ${systemd_unitdir}/journald.conf.d"
+FILES:${PN} += "/data ${CONTAINEROS_BOOT_MOUNT} ${systemd_unitdir}/journald.conf.d ${systemd_unitdir}/network"
 
 RDEPENDS:${PN} = "e2fsprogs-resize2fs \
                   util-linux-findmnt \
