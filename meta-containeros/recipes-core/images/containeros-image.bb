@@ -18,8 +18,10 @@ IMAGE_FEATURES += "read-only-rootfs"
 IMAGE_FEATURES += "${CONTAINEROS_SSH_FEATURE}"
 CONTAINEROS_SSH_FEATURE ??= "ssh-server-openssh"
 
-# wic builds the disk; the ext4 image is the slot image an OS update writes.
+# wic builds the disk; the ext4 image is the slot image an OS update writes,
+# and wic copies it into both slots, so it must exist first.
 IMAGE_FSTYPES = "ext4 wic.zst wic.bmap"
+IMAGE_TYPEDEP:wic = "ext4"
 
 # Every slot image has exactly the slot's size, so any release fits any
 # device built with the same CONTAINEROS_ROOT_SIZE; a root that outgrows the
@@ -49,5 +51,3 @@ do_image_wic[depends] += "${@' '.join('%s:do_deploy' % p for p in d.getVar('CONT
 CONTAINEROS_BOOT_FILES_UBOOT ?= "boot.scr"
 CONTAINEROS_BOOT_FILES_GRUB ?= "grub-efi-bootx64.efi;EFI/BOOT/bootx64.efi grub.cfg;EFI/BOOT/grub.cfg grubenv;EFI/BOOT/grubenv"
 IMAGE_BOOT_FILES ?= "${@d.getVar('CONTAINEROS_BOOT_FILES_GRUB') if d.getVar('CONTAINEROS_BOOTLOADER') == 'grub' else d.getVar('CONTAINEROS_BOOT_FILES_UBOOT')}"
-
-WICVARS:append = " CONTAINEROS_ROOT_SIZE CONTAINEROS_DATA_SIZE CONTAINEROS_BOOT_SIZE CONTAINEROS_PTABLE"
