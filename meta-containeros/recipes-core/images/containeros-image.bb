@@ -21,6 +21,7 @@ CONTAINEROS_SSH_FEATURE ??= "ssh-server-openssh"
 # wic builds the disk; the ext4 image is the slot image an OS update writes,
 # and wic copies it into both slots, so it must exist first.
 IMAGE_FSTYPES = "ext4 wic.zst wic.bmap"
+# nooelint: oelint.vars.specific - "wic" is the image type override of image_types.bbclass
 IMAGE_TYPEDEP:wic = "ext4"
 
 # Every slot image has exactly the slot's size, so any release fits any
