@@ -114,6 +114,25 @@ impl Dockerd {
     }
 }
 
+impl Drop for Dockerd {
+    /// dockerd bind-mounts its data-root onto itself and leaves it mounted
+    /// when it exits; detach everything under the directory before it is
+    /// removed. Drop this after the process has stopped.
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(dir.as_str()))
+            .collect();
+        points.sort_unstable_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 /// A running `containeros-agent`.
 #[derive(Debug)]
 pub struct Agent {

@@ -5,4 +5,5 @@
 
 mod config;
 mod device;
+mod podman;
 mod policy;

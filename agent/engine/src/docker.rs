@@ -58,19 +58,30 @@ impl DockerProbe {
             .await
             .map_err(|_| format!("engine socket {socket}: no answer within {:?}", self.timeout))?
             .map_err(|e| format!("engine socket {socket}: {e}"))?;
-        let name = version
+        // Docker CE names its platform "Docker Engine - Community"; Debian's
+        // dockerd leaves it empty and podman puts "linux/amd64/debian-12"
+        // there, naming itself in the "Podman Engine" component instead.
+        let platform = version
             .platform
             .as_ref()
             .map(|p| p.name.clone())
-            .filter(|n| !n.is_empty())
-            .or_else(|| {
-                version
-                    .components
-                    .as_ref()
-                    .and_then(|c| c.first())
-                    .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let component = version
+            .components
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.name.contains("Engine")))
+            .map(|c| c.name.clone());
+        let name = if platform.contains("Engine") {
+            platform
+        } else {
+            component.unwrap_or_else(|| {
+                if platform.is_empty() {
+                    "engine".to_owned()
+                } else {
+                    platform
+                }
             })
-            .unwrap_or_else(|| "engine".to_owned());
+        };
         let negotiated = client.client_version();
         Ok(EngineInfo {
             name,
