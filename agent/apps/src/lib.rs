@@ -5,6 +5,7 @@
 //! the clock. The daemon reads the release file and the engine's state, asks
 //! [`plan::plan`] what to do, and executes the steps itself.
 
+pub mod plan;
 pub mod release;
 
 pub use release::{Mode, Release, ReleaseError, Service};

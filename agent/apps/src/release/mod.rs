@@ -337,7 +337,7 @@ pub enum NetworkMode {
 }
 
 /// What a dependency must reach before its dependent starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     ServiceStarted,
