@@ -4,7 +4,10 @@
 //! release.yml up -d` runs the very same file. The release name is Compose's
 //! top-level `name:`; the release metadata lives in the top-level extension
 //! `x-containeros:` (`version`, `os_version`, `update_lock_timeout`), which
-//! Compose ignores. Per service, `x-containeros: { update_strategy: ... }`
+//! Compose ignores. Compose v1 (Debian 12's `docker-compose` 1.29) refuses
+//! a top-level `name:`, so `x-containeros.name` may carry the name instead
+//! (run that Compose with `-p NAME` to get the same volume and network
+//! names); when both are given they must agree. Per service, `x-containeros: { update_strategy: ... }`
 //! chooses how the service is updated.
 //!
 //! Design: the YAML is read into a generic tree (`serde_yaml_ng::Value`) and

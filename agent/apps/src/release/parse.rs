@@ -293,29 +293,45 @@ fn release(doc: &Value, mode: Mode) -> Res<Release> {
         "top-level fields",
     )?;
 
-    let (name_value, name_at) = f.get("name").ok_or_else(|| {
-        At::new(&top, "name").invalid("the release name is required (Compose's project name)")
-    })?;
-    let name = string(name_value, &name_at)?;
-    if !valid_project_name(&name) {
-        return Err(name_at.invalid(format!(
-            "`{name}` is not a valid project name: use lowercase letters, digits, `-` and `_`, starting with a letter or digit"
-        )));
-    }
-
     let meta = Place::Metadata;
-    let (meta_value, meta_at) = f.get("x-containeros").ok_or_else(|| {
+    let (meta_value, _) = f.get("x-containeros").ok_or_else(|| {
         At::new(&top, "x-containeros")
             .invalid("release metadata is required: `x-containeros: { version: \"1.0.0\" }`")
     })?;
-    let _ = meta_at;
     let m = Fields::new(
         meta_value,
         At::new(&meta, ""),
-        &["version", "os_version", "update_lock_timeout"],
+        &["name", "version", "os_version", "update_lock_timeout"],
         &[],
         "release metadata",
     )?;
+
+    // The name is Compose's top-level `name:`. `x-containeros.name` may
+    // carry it instead, for Compose v1 (Debian 12's docker-compose 1.29),
+    // which refuses a top-level `name:` and takes `-p NAME` instead.
+    let mut name = None;
+    for (value, at) in [f.get("name"), m.get("name")].into_iter().flatten() {
+        let this = string(value, &at)?;
+        if !valid_project_name(&this) {
+            return Err(at.invalid(format!(
+                "`{this}` is not a valid project name: use lowercase letters, digits, `-` and `_`, starting with a letter or digit"
+            )));
+        }
+        match &name {
+            Some(first) if *first != this => {
+                return Err(at.invalid(format!(
+                    "`{this}` differs from the top-level `name: {first}`; give the name once"
+                )));
+            }
+            _ => name = Some(this),
+        }
+    }
+    let name = name.ok_or_else(|| {
+        At::new(&top, "name").invalid(
+            "the release name is required: Compose's top-level `name:` (or `x-containeros.name` for Compose v1)",
+        )
+    })?;
+
     let version_of = |key: &str| -> Res<Option<Version>> {
         let Some((v, at)) = m.get(key) else {
             return Ok(None);

@@ -204,6 +204,17 @@ fn default_network_is_implicit() {
 }
 
 #[test]
+fn the_name_may_live_in_x_containeros() {
+    let svc = format!("services:\n  web:\n    image: reg.local/web@{D1}\n");
+    for text in [
+        format!("x-containeros:\n  name: app\n  version: \"1\"\n{svc}"),
+        format!("name: app\nx-containeros:\n  name: app\n  version: \"1\"\n{svc}"),
+    ] {
+        assert_eq!(ok(&text).name, "app");
+    }
+}
+
+#[test]
 fn development_mode_accepts_tags() {
     let text = "name: app\nx-containeros: {version: \"1\"}\nservices:\n  web:\n    image: web:dev\n";
     let r = parse(text, "dev.yml", Mode::Development).unwrap_or_else(|e| panic!("{e}"));
@@ -464,6 +475,17 @@ fn malformed_files_are_refused() {
         ),
         ("- a list\n".to_owned(), &["top level", "expected a mapping"]),
         (format!("{meta}{svc}"), &["top level: field `name`", "required"]),
+        (
+            format!("name: app\nx-containeros:\n  name: other\n  version: \"1\"\n{svc}"),
+            &[
+                "release.yml:3: `x-containeros`: field `name`",
+                "differs from the top-level `name: app`",
+            ],
+        ),
+        (
+            format!("x-containeros:\n  name: App\n  version: \"1\"\n{svc}"),
+            &["`x-containeros`: field `name`", "not a valid"],
+        ),
         (
             format!("name: My_App\n{meta}{svc}"),
             &[
