@@ -43,8 +43,9 @@
 //! Limits: named volumes are never removed; images are not garbage
 //! collected here; free space is checked by the caller. A service that is
 //! the target of a `service_completed_successfully` dependency is a
-//! one-shot job: once exited with code 0 it is left stopped. Paused and
-//! restarting containers are left to the engine.
+//! one-shot job: once exited with code 0 it is left stopped; any other
+//! exited container is started again, as `docker compose up` does. Paused
+//! and restarting containers are left to the engine.
 
 #[cfg(test)]
 mod tests;
@@ -485,7 +486,9 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
             } else {
                 Condition::ServiceStarted
             };
-            steps.push(wait(condition, s.name, container));
+            if waited.insert((s.name, condition)) {
+                steps.push(wait(condition, s.name, container));
+            }
             stop_and_remove_all(&mut steps, s);
         }
     }
@@ -504,6 +507,40 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
     }
 
     Plan { steps, deferred }
+}
+
+impl std::fmt::Display for Step {
+    /// One line for logs and progress reports.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::PullImage { image } => write!(f, "pull {image}"),
+            Step::CreateNetwork { name } => write!(f, "create network {name}"),
+            Step::CreateVolume { name } => write!(f, "create volume {name}"),
+            Step::CreateContainer { service, name, .. } => write!(f, "create {name} ({service})"),
+            Step::StartContainer { service, container } => write!(f, "start {container} ({service})"),
+            Step::WaitStarted { service, container } => {
+                write!(f, "wait for {container} ({service}) to start")
+            }
+            Step::WaitHealthy { service, container } => {
+                write!(f, "wait for {container} ({service}) to be healthy")
+            }
+            Step::WaitCompleted { service, container } => {
+                write!(f, "wait for {container} ({service}) to complete")
+            }
+            Step::StopContainer {
+                service,
+                container,
+                grace,
+                signal,
+            } => write!(
+                f,
+                "stop {container} ({service}) with {} and {grace} grace",
+                signal.as_deref().unwrap_or("its stop signal")
+            ),
+            Step::RemoveContainer { service, container } => write!(f, "remove {container} ({service})"),
+            Step::RemoveNetwork { name } => write!(f, "remove network {name}"),
+        }
+    }
 }
 
 fn wait(condition: Condition, service: &str, container: String) -> Step {

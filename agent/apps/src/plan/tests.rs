@@ -521,6 +521,55 @@ volumes:
 }
 
 #[test]
+fn a_held_lock_defers_the_removal_of_a_service_and_of_its_network() {
+    let old = release(
+        "services:\n  web:\n    image: web:1\n  job:\n    image: job:1\n    networks: [jobs]\nnetworks:\n  jobs:\n",
+    );
+    let new = release("services:\n  web:\n    image: web:1\n");
+    let observed = installed(&old);
+    let locks = UpdateLocks {
+        held: BTreeMap::from([("job".to_owned(), at(0))]),
+        default_timeout: StdDuration::from_secs(60),
+    };
+    let p = plan(&new, &observed, &locks, at(59));
+    assert_eq!(p.steps, []);
+    assert_eq!(
+        p.deferred.iter().map(|d| d.service.as_str()).collect::<Vec<_>>(),
+        ["job"]
+    );
+    let job = id_of(&observed, "job");
+    assert_eq!(
+        plan(&new, &observed, &locks, at(60)).steps,
+        [
+            stop("job", &job, 10, None),
+            remove("job", &job),
+            Step::RemoveNetwork {
+                name: "app_jobs".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn steps_read_as_one_line_each() {
+    let table = [
+        (pull("web:1"), "pull web:1"),
+        (
+            stop("web", "id1", 3, Some("SIGINT")),
+            "stop id1 (web) with SIGINT and 3s grace",
+        ),
+        (wait_healthy("db", "id2"), "wait for id2 (db) to be healthy"),
+        (
+            Step::RemoveNetwork { name: "app_n".into() },
+            "remove network app_n",
+        ),
+    ];
+    for (step, line) in table {
+        assert_eq!(step.to_string(), line);
+    }
+}
+
+#[test]
 fn duplicate_containers_are_reduced_to_one() {
     let t = three("web:1", "download-then-kill");
     let mut observed = installed(&t);

@@ -44,8 +44,10 @@ pub enum ReleaseError {
         field: String,
         reason: String,
     },
-    /// A supported field has a value the agent cannot use.
-    #[error("{file}{}: {place}: field `{field}`: {reason}", Line(*line))]
+    /// A supported field has a value the agent cannot use (`field` is
+    /// empty when the place itself is wrong, e.g. a service that is not a
+    /// mapping).
+    #[error("{file}{}: {place}: {}{reason}", Line(*line), Field(field))]
     InvalidField {
         file: String,
         line: Option<usize>,
@@ -64,6 +66,18 @@ pub enum ReleaseError {
         line: Option<usize>,
         cycle: Vec<String>,
     },
+}
+
+/// "field `x`: ", or nothing for the place itself.
+struct Field<'a>(&'a str);
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            "" => Ok(()),
+            field => write!(f, "field `{field}`: "),
+        }
+    }
 }
 
 /// `:<line>` when known.

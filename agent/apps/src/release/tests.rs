@@ -473,7 +473,18 @@ fn malformed_files_are_refused() {
             "name: [unclosed\n".to_owned(),
             &["release.yml:2: cannot read the release as YAML"],
         ),
-        ("- a list\n".to_owned(), &["top level", "expected a mapping"]),
+        (
+            "- a list\n".to_owned(),
+            &["release.yml: top level: expected a mapping"],
+        ),
+        (
+            format!("name: app\n{meta}services:\n  web:\n"),
+            &["release.yml:5: service `web`: expected a mapping of service fields, found nothing"],
+        ),
+        (
+            format!("name: app\nx-containeros: \"1.0\"\n{svc}"),
+            &["`x-containeros`: expected a mapping"],
+        ),
         (format!("{meta}{svc}"), &["top level: field `name`", "required"]),
         (
             format!("name: app\nx-containeros:\n  name: other\n  version: \"1\"\n{svc}"),
