@@ -332,6 +332,14 @@ fn one_changed_service_leaves_the_others_untouched() {
 }
 
 #[test]
+fn a_new_release_version_with_the_same_services_changes_nothing() {
+    let old = three("web:1", "download-then-kill");
+    let mut new = old.clone();
+    new.version = "2.0".parse().unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan(&new, &installed(&old), &no_locks(), T0).is_converged());
+}
+
+#[test]
 fn kill_then_download_stops_before_pulling() {
     let old = three("web:1", "download-then-kill");
     let new = release(&format!(
