@@ -179,6 +179,9 @@ impl Service {
     /// ordering only) and `update_strategy` (how to update, not what runs).
     /// Deterministic: maps are sorted, values canonical, and the encoding is
     /// fixed here rather than left to serde features elsewhere in the build.
+    /// Any change to what is hashed or how (the `containeros-config-v1`
+    /// prefix) recreates every container once after an agent update, so
+    /// such a change needs a new prefix and a release note.
     pub fn config_hash(&self) -> String {
         // Destructured so that a new field is a compile error until someone
         // decides whether it belongs in the hash.
