@@ -1,0 +1,445 @@
+//! Streaming an image into a slot.
+//!
+//! The slot is written from offset 0 with the bytes as they arrive, and the
+//! same bytes feed a SHA-256 context, so the image is verified without ever
+//! being stored anywhere else (devices rarely have room for a second copy).
+//! A broken HTTP download resumes at the first missing byte with `Range`,
+//! guarded by `If-Range` (the ETag, else Last-Modified, of the first
+//! response): if the file changed on the server meanwhile, the server sends
+//! it whole (200) and the install starts over from 0 instead of splicing two
+//! different images. Attempts continue while they make progress; only
+//! `Retry::attempts_without_progress` failures in a row end the install.
+//!
+//! What this module guarantees: on `Ok`, the slot holds exactly
+//! `expected.size` bytes whose SHA-256 is `expected.sha256`, flushed to the
+//! device. On `Err`, the slot's content is undefined — the caller must not
+//! mark it bootable (and never had reason to: marking comes after `Ok`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containeros_trust::Digest;
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _, BufWriter};
+use tracing::{info, warn};
+
+/// What the signed manifest says the image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    File(&'a Path),
+    Url {
+        client: &'a reqwest::Client,
+        url: &'a str,
+    },
+}
+
+/// When to give up on a flaky link.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Consecutive failed attempts (no byte gained) before giving up.
+    pub attempts_without_progress: u32,
+    /// Wait after the first failure; doubled per failure in a row, capped.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts_without_progress: 8,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How the install went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Report {
+    /// Bytes written to the slot (the image size on success).
+    pub written: u64,
+    /// Bytes received from the source, including any fetched twice.
+    pub fetched: u64,
+    /// Times a broken download was resumed.
+    pub resumes: u32,
+    /// Times the server sent the whole file again (it changed, or it ignores
+    /// ranges) and the install started over.
+    pub restarts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot open slot {path}: {source}")]
+    OpenSlot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "image of {image} bytes does not fit slot {path} ({slot} bytes); nothing was written — \
+         publish a smaller image or repartition"
+    )]
+    SlotTooSmall { path: PathBuf, slot: u64, image: u64 },
+    #[error("cannot write slot {path}: {source}")]
+    WriteSlot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read image file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image file {path} is {actual} bytes but the manifest says {expected}; nothing was written")]
+    FileSize {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{url} answered {status}; check the channel's files")]
+    Status { url: String, status: StatusCode },
+    #[error("{url} is {actual} bytes but the manifest says {expected}")]
+    RemoteSize { url: String, actual: u64, expected: u64 },
+    #[error("{source_name} sent more than the manifest's {expected} bytes")]
+    TooLong { source_name: String, expected: u64 },
+    #[error(
+        "gave up on {url} after {attempts} attempts in a row without progress ({written} of {size} bytes written): {last}"
+    )]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        written: u64,
+        size: u64,
+        last: String,
+    },
+    #[error(
+        "image written to {path} has SHA-256 {actual}, the manifest says {expected}: corrupted in transit or wrong file"
+    )]
+    Digest {
+        path: PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+/// The slot being written, with the hash of everything written so far.
+struct Sink<'a> {
+    path: &'a Path,
+    file: BufWriter<tokio::fs::File>,
+    hash: ring::digest::Context,
+    written: u64,
+    size: u64,
+}
+
+impl<'a> Sink<'a> {
+    async fn open(path: &'a Path, size: u64) -> Result<Sink<'a>, InstallError> {
+        let open_err = |source| InstallError::OpenSlot {
+            path: path.to_owned(),
+            source,
+        };
+        // Never truncate or create: a slot is a block device (or, in tests, a
+        // file of the slot's size) and its size is the limit.
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(open_err)?;
+        let slot = file.seek(std::io::SeekFrom::End(0)).await.map_err(open_err)?;
+        if size > slot {
+            return Err(InstallError::SlotTooSmall {
+                path: path.to_owned(),
+                slot,
+                image: size,
+            });
+        }
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(open_err)?;
+        Ok(Sink {
+            path,
+            file: BufWriter::with_capacity(1 << 20, file),
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            written: 0,
+            size,
+        })
+    }
+
+    fn write_err(&self, source: std::io::Error) -> InstallError {
+        InstallError::WriteSlot {
+            path: self.path.to_owned(),
+            source,
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8], source_name: &str) -> Result<(), InstallError> {
+        if self.written + bytes.len() as u64 > self.size {
+            return Err(InstallError::TooLong {
+                source_name: source_name.to_owned(),
+                expected: self.size,
+            });
+        }
+        self.file.write_all(bytes).await.map_err(|e| self.write_err(e))?;
+        self.hash.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Back to byte 0 (the server sent the whole file again).
+    async fn rewind(&mut self) -> Result<(), InstallError> {
+        self.file.flush().await.map_err(|e| self.write_err(e))?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| self.write_err(e))?;
+        self.hash = ring::digest::Context::new(&ring::digest::SHA256);
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Flushes to the device and checks the digest.
+    async fn finish(mut self, expected: &Expected) -> Result<u64, InstallError> {
+        self.file.flush().await.map_err(|e| self.write_err(e))?;
+        self.file
+            .get_mut()
+            .sync_all()
+            .await
+            .map_err(|e| self.write_err(e))?;
+        let mut actual = [0u8; 32];
+        actual.copy_from_slice(self.hash.finish().as_ref());
+        let actual = Digest(actual);
+        if actual != expected.sha256 {
+            return Err(InstallError::Digest {
+                path: self.path.to_owned(),
+                expected: expected.sha256,
+                actual,
+            });
+        }
+        Ok(self.written)
+    }
+}
+
+/// Writes the image from `source` into `slot` and verifies it. `progress`
+/// is called with (bytes written, image size) as bytes land.
+pub async fn install(
+    source: Source<'_>,
+    slot: &Path,
+    expected: &Expected,
+    retry: &Retry,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Report, InstallError> {
+    match source {
+        Source::File(path) => from_file(path, slot, expected, progress).await,
+        Source::Url { client, url } => from_url(client, url, slot, expected, retry, progress).await,
+    }
+}
+
+async fn from_file(
+    path: &Path,
+    slot: &Path,
+    expected: &Expected,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Report, InstallError> {
+    let read_err = |source| InstallError::ReadFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let actual = file.metadata().await.map_err(read_err)?.len();
+    if actual != expected.size {
+        return Err(InstallError::FileSize {
+            path: path.to_owned(),
+            actual,
+            expected: expected.size,
+        });
+    }
+    let mut sink = Sink::open(slot, expected.size).await?;
+    let name = path.display().to_string();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut fetched = 0;
+    loop {
+        let n = file.read(&mut buf).await.map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        fetched += n as u64;
+        sink.write(&buf[..n], &name).await?;
+        progress(sink.written, expected.size);
+    }
+    let written = sink.finish(expected).await?;
+    Ok(Report {
+        written,
+        fetched,
+        ..Report::default()
+    })
+}
+
+/// One HTTP attempt's outcome when it did not fail for good.
+enum Attempt {
+    Complete,
+    /// The connection broke or stalled; resume.
+    Broken(String),
+}
+
+async fn from_url(
+    client: &reqwest::Client,
+    url: &str,
+    slot: &Path,
+    expected: &Expected,
+    retry: &Retry,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Report, InstallError> {
+    let mut sink = Sink::open(slot, expected.size).await?;
+    let mut report = Report::default();
+    let mut validator: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let before = sink.written;
+        let attempt = attempt(
+            client,
+            url,
+            expected,
+            &mut sink,
+            &mut validator,
+            &mut report,
+            progress,
+        )
+        .await?;
+        match attempt {
+            Attempt::Complete => break,
+            Attempt::Broken(reason) => {
+                failures = if sink.written > before { 1 } else { failures + 1 };
+                if failures >= retry.attempts_without_progress {
+                    return Err(InstallError::GaveUp {
+                        url: url.to_owned(),
+                        attempts: failures,
+                        written: sink.written,
+                        size: expected.size,
+                        last: reason,
+                    });
+                }
+                let factor = 1u32 << (failures - 1).min(16);
+                let wait = retry.backoff.saturating_mul(factor).min(retry.backoff_max);
+                warn!(
+                    url,
+                    written = sink.written,
+                    size = expected.size,
+                    "download broke ({reason}); resuming in {wait:?}"
+                );
+                tokio::time::sleep(wait).await;
+                report.resumes += 1;
+            }
+        }
+    }
+    report.written = sink.finish(expected).await?;
+    info!(
+        url,
+        bytes = report.written,
+        fetched = report.fetched,
+        resumes = report.resumes,
+        "image written and verified"
+    );
+    Ok(report)
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    expected: &Expected,
+    sink: &mut Sink<'_>,
+    validator: &mut Option<String>,
+    report: &mut Report,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Attempt, InstallError> {
+    let mut request = client.get(url);
+    if sink.written > 0 {
+        request = request.header(RANGE, format!("bytes={}-", sink.written));
+        if let Some(v) = validator.as_deref() {
+            request = request.header(IF_RANGE, v);
+        }
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return Ok(Attempt::Broken(e.to_string())),
+    };
+    let status = response.status();
+    match status {
+        StatusCode::OK => {
+            if let Some(len) = response.content_length()
+                && len != expected.size
+            {
+                return Err(InstallError::RemoteSize {
+                    url: url.to_owned(),
+                    actual: len,
+                    expected: expected.size,
+                });
+            }
+            if sink.written > 0 {
+                // The file changed under If-Range, or ranges are not served.
+                sink.rewind().await?;
+                report.restarts += 1;
+                progress(0, expected.size);
+            }
+            *validator = response
+                .headers()
+                .get(ETAG)
+                .filter(|v| !v.as_bytes().starts_with(b"W/")) // weak ETags are not valid for If-Range
+                .or_else(|| response.headers().get(LAST_MODIFIED))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        StatusCode::PARTIAL_CONTENT => {
+            let start = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(sink.written) {
+                return Ok(Attempt::Broken(format!(
+                    "server resumed at {start:?} instead of byte {}",
+                    sink.written
+                )));
+            }
+        }
+        s if s.is_server_error()
+            || s == StatusCode::TOO_MANY_REQUESTS
+            || s == StatusCode::REQUEST_TIMEOUT =>
+        {
+            return Ok(Attempt::Broken(format!("{url} answered {s}")));
+        }
+        s => {
+            return Err(InstallError::Status {
+                url: url.to_owned(),
+                status: s,
+            });
+        }
+    }
+
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return Ok(Attempt::Broken(e.to_string())),
+        };
+        report.fetched += chunk.len() as u64;
+        sink.write(&chunk, url).await?;
+        progress(sink.written, expected.size);
+    }
+    if sink.written == expected.size {
+        Ok(Attempt::Complete)
+    } else {
+        Ok(Attempt::Broken(format!(
+            "connection closed at byte {}",
+            sink.written
+        )))
+    }
+}
