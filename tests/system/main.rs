@@ -7,3 +7,4 @@ mod config;
 mod device;
 mod podman;
 mod policy;
+mod release;

@@ -10,6 +10,7 @@
 //! running, 4 permission denied.
 
 mod engine;
+mod release;
 mod status;
 
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ enum Command {
     /// The container engine.
     #[command(subcommand)]
     Engine(engine::Command),
+    /// Host side: release signing keys, signing and checking manifests
+    /// (runs anywhere; does not talk to an agent).
+    #[command(subcommand)]
+    Release(release::Command),
 }
 
 fn main() -> ExitCode {
@@ -50,11 +55,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Release(command) = cli.command {
+        return match release::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containeros release: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(async {
         let agent = containeros_api::connect(cli.bus.as_deref()).await?;
         match cli.command {
             Command::Status(args) => status::run(&agent, args).await,
             Command::Engine(command) => engine::run(&agent, command).await,
+            Command::Release(_) => Ok(()),
         }
     });
     match result {
