@@ -55,7 +55,7 @@ do_compile() {
     sed -e 's|@@KERNEL_IMAGETYPE@@|${CONTAINEROS_UBOOT_KERNEL}|' \
         -e 's|@@CMDLINE@@|${CONTAINEROS_KERNEL_CMDLINE}|' \
         -e 's|@@DEVTYPE@@|${CONTAINEROS_UBOOT_DEVTYPE}|' \
-        -e 's|@@BOOT@@|${@containeros_uboot_boot(d)}|' \
+        -e 's#@@BOOT@@#${@containeros_uboot_boot(d)}#' \
         "${UNPACKDIR}/boot.cmd.in" > "${B}/boot.cmd"
     mkimage -A ${UBOOT_ARCH} -T script -C none -n "ContainerOS A/B boot" -d "${B}/boot.cmd" "${B}/boot.scr"
 }
