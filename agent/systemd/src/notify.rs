@@ -18,10 +18,7 @@ impl Notifier {
     /// watchdog applies only when it is meant for this process).
     pub fn from_env() -> io::Result<Self> {
         let socket = match std::env::var_os("NOTIFY_SOCKET") {
-            Some(path) if !path.is_empty() => {
-                let addr = socket_addr(path.to_string_lossy().as_ref())?;
-                Some((UnixDatagram::unbound()?, addr))
-            }
+            Some(path) if !path.is_empty() => Some(connect(path.to_string_lossy().as_ref())?),
             _ => None,
         };
         let for_us = std::env::var("WATCHDOG_PID")
@@ -66,10 +63,26 @@ impl Notifier {
 
     fn send(&self, message: &str) -> io::Result<()> {
         match &self.socket {
-            Some((socket, addr)) => socket.send_to_addr(message.as_bytes(), addr).map(drop),
+            Some((socket, addr)) => match socket.send_to_addr(message.as_bytes(), addr) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the service manager's notification queue is full; notification dropped",
+                )),
+                other => other.map(drop),
+            },
             None => Ok(()),
         }
     }
+}
+
+/// An unbound datagram socket aimed at `path`. Non-blocking: a slow or
+/// stuck receiver must never block the daemon, so a full queue drops the
+/// notification instead (a watchdog ping lost that way is exactly what the
+/// watchdog is there to notice).
+fn connect(path: &str) -> io::Result<(UnixDatagram, std::os::unix::net::SocketAddr)> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    Ok((socket, socket_addr(path)?))
 }
 
 fn socket_addr(path: &str) -> io::Result<std::os::unix::net::SocketAddr> {
@@ -107,6 +120,30 @@ mod tests {
         assert!(first.starts_with("READY=1\nSTATUS=up\nMAINPID="), "{first}");
         let n = listener.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"WATCHDOG=1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_queue_drops_instead_of_blocking() {
+        let dir = std::env::temp_dir().join(format!("notify-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let _listener = UnixDatagram::bind(&path).expect("bind"); // never read
+        let notifier = Notifier {
+            socket: Some(connect(path.to_str().expect("utf8")).expect("connect")),
+            watchdog: None,
+        };
+        let mut dropped = 0;
+        for _ in 0..10_000 {
+            if notifier.watchdog().is_err() {
+                dropped += 1;
+            }
+        }
+        assert!(
+            dropped > 0,
+            "the queue filled up and sends returned instead of blocking"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
