@@ -14,12 +14,16 @@
 //! - [`Agent`]: the built `containeros-agent`, started with a config made by
 //!   the test and a `NOTIFY_SOCKET` the harness reads readiness from.
 //! - [`bin`]: the workspace's binaries, built once per test run.
+//! - [`busybox_image`]: test images built from Debian's static busybox and
+//!   pushed to the local registry, so the agent's pulls are real pulls.
 
 mod bus;
+mod images;
 mod procs;
 mod units;
 
 pub use bus::Bus;
+pub use images::*;
 pub use procs::{Agent, Dockerd, bin, cli, require_root, run_as};
 pub use units::UnitManager;
 

@@ -4,7 +4,8 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary (`containeros-agent`, `containeros`), built
@@ -92,6 +93,59 @@ impl Dockerd {
         Self { dir }
     }
 
+    /// A dockerd whose data-root is an ext4 filesystem of `mib` MiB on a
+    /// loop device, for disk-full tests. Unmounted (and the loop device
+    /// freed) when this is dropped.
+    pub fn with_small_data_root(mib: u64) -> Self {
+        let this = Self::new();
+        let image = this.dir.path().join("data.img");
+        let data = this.dir.path().join("data");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("data image");
+        std::fs::create_dir(&data).expect("data dir");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image));
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&data));
+        this
+    }
+
+    /// Bytes free on the data-root's filesystem.
+    pub fn data_free(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.dir.path().join("data")).expect("statvfs");
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+        free
+    }
+
+    /// Fills the data-root's filesystem until `leave` bytes are free, with a
+    /// file outside dockerd's own directories; returns its path.
+    pub fn fill_data_root(&self, leave: u64) -> PathBuf {
+        let filler = self.dir.path().join("data").join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let size = self.data_free().saturating_sub(leave);
+        let out = Command::new("fallocate")
+            .args(["-l", &size.to_string()])
+            .arg(&filler)
+            .output()
+            .expect("fallocate");
+        assert!(
+            out.status.success(),
+            "fallocate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        filler
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("docker.sock")
     }
@@ -137,8 +191,30 @@ impl Drop for Dockerd {
 #[derive(Debug)]
 pub struct Agent {
     child: Child,
-    notify: UnixDatagram,
+    /// Datagrams received on the notify socket, drained continuously by a
+    /// thread (as systemd does) so the agent's queue never fills.
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
     dir: tempfile::TempDir,
+}
+
+fn spawn_agent(dir: &Path) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr"))
+        .expect("stderr file");
+    Command::new(bin("containeros-agent"))
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start the agent")
 }
 
 impl Agent {
@@ -178,29 +254,68 @@ impl Agent {
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let child = Command::new(bin("containeros-agent"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("WATCHDOG_USEC", "1000000")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the agent");
-        Self { child, notify, dir }
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = notify.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        received.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+                    }
+                }
+            });
+        }
+        let child = spawn_agent(dir.path());
+        Self {
+            child,
+            received,
+            stop,
+            dir,
+        }
+    }
+
+    /// SIGKILL, as a crash or power cut would (no clean-up runs).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the agent again on the same configuration and state, and waits
+    /// for `READY=1`.
+    pub fn restart(&mut self) {
+        let _ = self.notifications();
+        self.child = spawn_agent(self.dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .notifications()
+                .iter()
+                .any(|m| m.lines().any(|l| l == "READY=1"))
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited before ready ({status}): {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after 30s: {}",
+                self.stderr()
+            );
+        }
     }
 
     /// Datagrams the agent sent to its notify socket since the last call.
     pub fn notifications(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = self.notify.recv(&mut buf) {
-            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        out
+        std::thread::sleep(Duration::from_millis(20));
+        std::mem::take(&mut *self.received.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn stderr(&self) -> String {
@@ -232,6 +347,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

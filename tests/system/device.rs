@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 pub struct Device {
     pub agent: Agent,
     pub units: UnitManager,
-    pub _dockerd: Dockerd,
+    pub dockerd: Dockerd,
     pub _state: tempfile::TempDir,
     pub bus: Bus,
 }
@@ -21,9 +21,14 @@ impl Device {
     /// A bus, a unit manager running a private dockerd as `docker.service`,
     /// and the agent supervising it with short intervals.
     pub async fn start() -> Self {
+        Self::start_with(Dockerd::new(), "").await
+    }
+
+    /// The same, with a given dockerd and extra agent configuration (TOML
+    /// sections appended to the test's own).
+    pub async fn start_with(dockerd: Dockerd, extra_config: &str) -> Self {
         require_root();
         let bus = Bus::start();
-        let dockerd = Dockerd::new();
         let units = UnitManager::start(&bus, &[("docker.service", dockerd.argv())]).await;
         let started = units.start_unit("docker.service").await;
         assert_eq!(
@@ -48,6 +53,7 @@ check_timeout = "1s"
 failures_before_restart = 2
 restart_backoff = "1s"
 restart_backoff_max = "4s"
+{extra_config}
 "#,
             state = state.path().display(),
             bus = bus.address(),
@@ -55,7 +61,7 @@ restart_backoff_max = "4s"
         ));
         Self {
             bus,
-            _dockerd: dockerd,
+            dockerd,
             _state: state,
             units,
             agent,

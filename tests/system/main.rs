@@ -3,8 +3,10 @@
 //! They need root (see `containeros_tests::require_root`) and the Debian
 //! packages `.ci/run` installs.
 
+mod apps;
 mod config;
 mod device;
+mod images;
 mod podman;
 mod policy;
 mod release;

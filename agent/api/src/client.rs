@@ -36,6 +36,29 @@ pub trait Agent {
     fn engine_restarts(&self) -> zbus::Result<u32>;
 }
 
+#[zbus::proxy(
+    interface = "org.containeros.Agent1.Apps",
+    default_service = "org.containeros.Agent1",
+    default_path = "/org/containeros/Agent1",
+    gen_blocking = false
+)]
+pub trait Apps {
+    fn apply_release(&self, path: &str) -> zbus::Result<()>;
+    fn list_services(&self) -> zbus::Result<Vec<crate::ServiceRow>>;
+
+    #[zbus(signal)]
+    fn pull_progress(&self, image: String, done: u64, total: u64) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn apply_finished(
+        &self,
+        release: String,
+        version: String,
+        success: bool,
+        error: String,
+    ) -> zbus::Result<()>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to the D-Bus {bus}: {source}; is dbus-daemon running?")]

@@ -19,8 +19,10 @@
 mod client;
 mod server;
 
-pub use client::{AgentProxy, ClientError, connect, status};
-pub use server::{AgentInterface, Command, StatusHandle, serve_on};
+pub use client::{AgentProxy, AppsProxy, ClientError, connect, status};
+pub use server::{AgentInterface, AppsInterface, Command, ServiceRow, StatusHandle, serve_on};
+
+pub const APPS_INTERFACE: &str = "org.containeros.Agent1.Apps";
 
 use serde::Serialize;
 

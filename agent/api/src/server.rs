@@ -11,7 +11,16 @@ use crate::{ApiError, OBJECT_PATH, Status};
 pub enum Command {
     /// Restart the container engine's systemd unit now.
     RestartEngine(oneshot::Sender<Result<(), String>>),
+    /// Make the release in this Compose file the target (answer once it is
+    /// validated and stored; applying goes on and ends with a signal).
+    ApplyRelease(String, oneshot::Sender<Result<(), String>>),
+    /// The release's services as the engine has them.
+    ListServices(oneshot::Sender<Result<Vec<ServiceRow>, String>>),
 }
+
+/// One row of `ListServices`: (service, container, state, health, image,
+/// release) — strings so every engine can fill them.
+pub type ServiceRow = (String, String, String, String, String, String);
 
 /// The interface object. Holds the published status; the daemon changes it
 /// through a [`StatusHandle`], which emits `PropertiesChanged`.
@@ -25,20 +34,6 @@ impl AgentInterface {
     pub fn new(status: Status, commands: mpsc::Sender<Command>) -> Self {
         Self { status, commands }
     }
-
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
-    ) -> Result<T, ApiError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| ApiError::Unavailable("the agent is shutting down".into()))?;
-        rx.await
-            .map_err(|_| ApiError::Unavailable("the agent is shutting down".into()))?
-            .map_err(ApiError::Failed)
-    }
 }
 
 #[zbus::interface(name = "org.containeros.Agent1")]
@@ -46,7 +41,7 @@ impl AgentInterface {
     /// Restart the container engine's systemd unit now, and re-arm automatic
     /// restarts if they had given up. Returns when the restart job ended.
     async fn restart_engine(&self) -> Result<(), ApiError> {
-        self.ask(Command::RestartEngine).await
+        ask(&self.commands, Command::RestartEngine).await
     }
 
     #[zbus(property)]
@@ -161,6 +156,64 @@ async fn emit_changes(
     Ok(())
 }
 
+/// The `org.containeros.Agent1.Apps` interface: application releases.
+#[derive(Debug)]
+pub struct AppsInterface {
+    commands: mpsc::Sender<Command>,
+}
+
+#[zbus::interface(name = "org.containeros.Agent1.Apps")]
+impl AppsInterface {
+    /// Make the release described by the Compose file at `path` (on the
+    /// device: an offline/USB release) the target. Returns once the file is
+    /// validated and stored as the target; the agent then pulls and
+    /// reconciles, reporting `PullProgress` and ending with `ApplyFinished`.
+    async fn apply_release(&self, path: String) -> Result<(), ApiError> {
+        ask(&self.commands, |tx| Command::ApplyRelease(path, tx)).await
+    }
+
+    /// The services of the running release: (service, container, state,
+    /// health, image, release).
+    async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        ask(&self.commands, Command::ListServices).await
+    }
+
+    /// Bytes of an image pull: image, bytes done, bytes known in total.
+    #[zbus(signal)]
+    pub async fn pull_progress(
+        emitter: &SignalEmitter<'_>,
+        image: &str,
+        done: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
+
+    /// A release apply ended: release name, version, success, and the error
+    /// in words when it failed.
+    #[zbus(signal)]
+    pub async fn apply_finished(
+        emitter: &SignalEmitter<'_>,
+        release: &str,
+        version: &str,
+        success: bool,
+        error: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Sends a command to the daemon and waits for its answer.
+async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(make(tx))
+        .await
+        .map_err(|_| ApiError::Unavailable("the agent is shutting down".into()))?;
+    rx.await
+        .map_err(|_| ApiError::Unavailable("the agent is shutting down".into()))?
+        .map_err(ApiError::Failed)
+}
+
 /// Serves the interface at [`OBJECT_PATH`] on `connection` and returns the
 /// handle to update it. Owning the bus name is the caller's job (it differs
 /// between a bus and a peer-to-peer connection).
@@ -170,6 +223,14 @@ pub async fn serve_on(
     commands: mpsc::Sender<Command>,
 ) -> zbus::Result<StatusHandle> {
     let server = connection.object_server();
+    server
+        .at(
+            OBJECT_PATH,
+            AppsInterface {
+                commands: commands.clone(),
+            },
+        )
+        .await?;
     server
         .at(OBJECT_PATH, AgentInterface::new(status, commands))
         .await?;

@@ -1,10 +1,14 @@
-//! Application releases: the Compose-file release model ([`release`]) and
-//! the reconcile planner ([`plan`]).
+//! Application releases.
 //!
-//! Both are pure: they read no files, talk to no engine and never look at
-//! the clock. The daemon reads the release file and the engine's state, asks
-//! [`plan::plan`] what to do, and executes the steps itself.
+//! - [`release`]: the release model parsed from a Compose file (pure).
+//! - [`plan`]: the reconcile planner, observed state → ordered steps (pure:
+//!   no I/O, the clock is an argument).
+//! - [`engine`]: the boundary a container engine backend implements.
+//! - [`apply`]: the executor, which observes, plans and executes on an
+//!   [`engine::Engine`] until the engine matches the release.
 
+pub mod apply;
+pub mod engine;
 pub mod plan;
 pub mod release;
 

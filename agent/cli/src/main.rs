@@ -9,6 +9,7 @@
 //! Exit codes: 0 done, 1 failed, 2 bad command line, 3 the agent is not
 //! running, 4 permission denied.
 
+mod apps;
 mod engine;
 mod release;
 mod status;
@@ -37,6 +38,9 @@ struct Cli {
 enum Command {
     /// Show the agent's status: versions, booted slot, operation, engine.
     Status(status::Args),
+    /// Application releases: apply one from a file, list services.
+    #[command(subcommand)]
+    Apps(apps::Command),
     /// The container engine.
     #[command(subcommand)]
     Engine(engine::Command),
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         let agent = containeros_api::connect(cli.bus.as_deref()).await?;
         match cli.command {
             Command::Status(args) => status::run(&agent, args).await,
+            Command::Apps(command) => apps::run(&agent, command).await,
             Command::Engine(command) => engine::run(&agent, command).await,
             Command::Release(_) => Ok(()),
         }

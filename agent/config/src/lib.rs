@@ -26,7 +26,9 @@ mod model;
 
 pub use duration::Duration;
 pub use error::ConfigError;
-pub use model::{AbsPath, AgentSection, Bus, Config, DbusSection, EngineKind, EngineSection, UnitName};
+pub use model::{
+    AbsPath, AgentSection, AppsSection, Bus, Config, DbusSection, EngineKind, EngineSection, UnitName,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -15,6 +15,27 @@ pub struct Config {
     pub agent: AgentSection,
     pub dbus: DbusSection,
     pub engine: EngineSection,
+    pub apps: AppsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppsSection {
+    /// Accept images referenced by tag only (a development device); a
+    /// committed release pins every image by digest.
+    pub development: bool,
+    /// Refuse to pull images when the engine's storage has less free space
+    /// than this many MiB (the running release keeps running).
+    pub min_free_mib: u64,
+}
+
+impl Default for AppsSection {
+    fn default() -> Self {
+        Self {
+            development: false,
+            min_free_mib: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -5,10 +5,12 @@
 //! line, 78 (EX_CONFIG) invalid configuration — the unit file does not
 //! restart on 78, since restarting cannot fix a bad file.
 
+mod apps;
 mod args;
 mod device;
 mod logging;
 mod run;
+mod store;
 
 use std::process::ExitCode;
 

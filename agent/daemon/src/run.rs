@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use containeros_api::{BUS_NAME, Command, Status, StatusHandle};
+use containeros_api::{AppsInterface, BUS_NAME, Command, OBJECT_PATH, Status, StatusHandle};
+use containeros_apps::Mode;
+use containeros_apps::apply::ApplyOptions;
 use containeros_config::{Bus, EngineKind, Loaded};
 use containeros_engine::{DockerProbe, EngineState, EngineStatus, Policy, RestartRequest, SystemdRestarter};
 use containeros_systemd::{Notifier, UnitManager};
@@ -13,7 +15,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::apps;
 use crate::device;
+
+const NATIVE_UNAVAILABLE: &str = "engine.kind = \"native\": the built-in OCI engine is not part of this agent \
+     build yet; use kind = \"docker\" with a Docker-compatible engine";
 
 pub async fn run(loaded: Loaded) -> Result<()> {
     let config = &loaded.config;
@@ -65,18 +71,46 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             )))
         }
         EngineKind::Native => {
-            let reason = "engine.kind = \"native\": the built-in OCI engine is not part of this agent build yet; \
-                          use kind = \"docker\" with a Docker-compatible engine";
-            warn!("{reason}");
+            warn!("{NATIVE_UNAVAILABLE}");
             engine_tx.send_replace(EngineStatus {
                 state: EngineState::Unavailable,
-                last_error: reason.to_owned(),
+                last_error: NATIVE_UNAVAILABLE.to_owned(),
                 ..EngineStatus::default()
             });
             None
         }
     };
     let mirror = tokio::spawn(mirror_engine_status(engine_rx, api.clone()));
+
+    // Application releases: the stored target is applied again at start.
+    let apps_settings = apps::Settings {
+        socket: config.engine.socket.as_path().to_owned(),
+        timeout: config.engine.check_timeout.get(),
+        mode: if config.apps.development {
+            Mode::Development
+        } else {
+            Mode::Committed
+        },
+        state_file: apps::Settings::state_file(config.agent.state_dir.as_path()),
+        options: ApplyOptions {
+            min_free: config.apps.min_free_mib.saturating_mul(1 << 20),
+            ..ApplyOptions::default()
+        },
+    };
+    let (target_tx, target_rx) = watch::channel(match engine_kind {
+        EngineKind::Docker => apps::stored_target(&apps_settings),
+        EngineKind::Native => None,
+    });
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let applier = (engine_kind == EngineKind::Docker).then(|| {
+        tokio::spawn(apps::applier(
+            apps_settings.clone(),
+            target_rx,
+            reports_tx,
+            stop_rx.clone(),
+        ))
+    });
+    let reporter = tokio::spawn(publish_apps_reports(reports_rx, api.clone(), connection.clone()));
 
     let ready = format!("serving {BUS_NAME}");
     notifier
@@ -95,7 +129,25 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                     warn!("cannot ping the systemd watchdog: {e}");
                 }
             }
-            Some(command) = commands.recv() => handle(command, &restart_tx, engine_kind, unit.is_some()),
+            Some(command) = commands.recv() => match command {
+                Command::ApplyRelease(path, reply) => {
+                    let result = match engine_kind {
+                        EngineKind::Docker => apps::accept(&apps_settings, &path).map(|release| {
+                            target_tx.send_replace(Some(release));
+                        }),
+                        EngineKind::Native => Err(NATIVE_UNAVAILABLE.to_owned()),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::ListServices(reply) => {
+                    let settings = apps_settings.clone();
+                    let target = target_tx.borrow().clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(apps::list(&settings, target).await);
+                    });
+                }
+                Command::RestartEngine(reply) => restart_engine(reply, &restart_tx, engine_kind, unit.is_some()),
+            },
         }
     }
 
@@ -104,7 +156,13 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     if let Some(task) = supervisor {
         let _ = task.await;
     }
+    if let Some(task) = applier {
+        // An apply in progress is abandoned here; the next start plans from
+        // whatever the engine has and finishes it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     mirror.abort();
+    reporter.abort();
     let _ = connection.release_name(BUS_NAME).await;
     info!("stopped");
     Ok(())
@@ -163,27 +221,77 @@ async fn mirror_engine_status(mut rx: watch::Receiver<EngineStatus>, api: Status
     }
 }
 
-fn handle(command: Command, restart: &mpsc::Sender<RestartRequest>, kind: EngineKind, has_unit: bool) {
-    match command {
-        Command::RestartEngine(reply) => {
-            if kind != EngineKind::Docker || !has_unit {
-                let _ = reply.send(Err(
-                    "no engine unit to restart: set engine.unit (and engine.kind = \"docker\")".to_owned(),
-                ));
-                return;
+/// Mirrors the applier's reports onto the API: status properties, and the
+/// Apps interface's signals.
+async fn publish_apps_reports(
+    mut reports: mpsc::UnboundedReceiver<apps::Report>,
+    api: StatusHandle,
+    connection: zbus::Connection,
+) {
+    let Ok(emitter) = zbus::object_server::SignalEmitter::new(&connection, OBJECT_PATH) else {
+        return;
+    };
+    while let Some(report) = reports.recv().await {
+        let result = match report {
+            apps::Report::Operation { text, progress } => {
+                api.update(|s| {
+                    s.operation = text;
+                    s.progress = progress;
+                })
+                .await
             }
-            info!("engine restart requested over D-Bus");
-            // The supervisor answers on `reply` once the restart job ended;
-            // the main loop never waits for it.
-            match restart.try_send(reply) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(reply)) => {
-                    let _ = reply.send(Err("an engine restart is already in progress".to_owned()));
-                }
-                Err(mpsc::error::TrySendError::Closed(reply)) => {
-                    let _ = reply.send(Err("the engine supervisor has stopped".to_owned()));
-                }
+            apps::Report::Pull { image, done, total } => {
+                AppsInterface::pull_progress(&emitter, &image, done, total).await
             }
+            apps::Report::Finished {
+                release,
+                version,
+                error,
+            } => {
+                let message = error.clone().unwrap_or_default();
+                let updated = api
+                    .update(|s| {
+                        s.operation = "idle".to_owned();
+                        s.progress = 0;
+                        if let Some(e) = &error {
+                            s.last_error = format!("release {release} {version}: {e}");
+                        }
+                    })
+                    .await;
+                let signalled =
+                    AppsInterface::apply_finished(&emitter, &release, &version, error.is_none(), &message)
+                        .await;
+                updated.and(signalled)
+            }
+        };
+        if let Err(e) = result {
+            warn!("cannot publish apps progress on D-Bus: {e}");
+        }
+    }
+}
+
+fn restart_engine(
+    reply: RestartRequest,
+    restart: &mpsc::Sender<RestartRequest>,
+    kind: EngineKind,
+    has_unit: bool,
+) {
+    if kind != EngineKind::Docker || !has_unit {
+        let _ = reply.send(Err(
+            "no engine unit to restart: set engine.unit (and engine.kind = \"docker\")".to_owned(),
+        ));
+        return;
+    }
+    info!("engine restart requested over D-Bus");
+    // The supervisor answers on `reply` once the restart job ended; the main
+    // loop never waits for it.
+    match restart.try_send(reply) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(reply)) => {
+            let _ = reply.send(Err("an engine restart is already in progress".to_owned()));
+        }
+        Err(mpsc::error::TrySendError::Closed(reply)) => {
+            let _ = reply.send(Err("the engine supervisor has stopped".to_owned()));
         }
     }
 }

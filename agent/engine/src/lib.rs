@@ -8,10 +8,12 @@
 //! socket and systemd's D-Bus API; the system tests run those against a real
 //! dockerd.
 
+pub mod apps;
 pub mod docker;
 pub mod status;
 pub mod supervisor;
 
+pub use apps::DockerApps;
 pub use docker::DockerProbe;
 pub use status::{EngineInfo, EngineState, EngineStatus};
 pub use supervisor::{Policy, Probe, RestartRequest, Restarter, SystemdRestarter, supervise};

@@ -112,7 +112,11 @@ async fn introspection_xml_matches_the_checked_in_file() {
         .await
         .expect("proxy");
     let xml = introspect.introspect().await.expect("introspect");
-    let ours = interface_block(&xml).expect("our interface is served");
+    let ours = [INTERFACE, crate::APPS_INTERFACE]
+        .iter()
+        .map(|name| interface_block(&xml, name).unwrap_or_else(|| panic!("{name} is served")))
+        .collect::<Vec<_>>()
+        .join("\n");
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/org.containeros.Agent1.xml");
     let wanted = format!(
         "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \
@@ -131,8 +135,8 @@ async fn introspection_xml_matches_the_checked_in_file() {
     );
 }
 
-fn interface_block(xml: &str) -> Option<String> {
-    let start = xml.find(&format!("<interface name=\"{INTERFACE}\">"))?;
+fn interface_block(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<interface name=\"{name}\">"))?;
     let end = start + xml[start..].find("</interface>")? + "</interface>".len();
     // Re-indent line by line so the file does not depend on zbus' indentation.
     let lines: Vec<String> = xml[start..end]
