@@ -14,7 +14,7 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 # scripts/gen-crates-inc); kas/dev.yml builds the working tree instead.
 PV = "0.1.0+git"
 SRC_URI = "git://github.com/containeros/containeros.git;protocol=https;branch=main"
-SRCREV = "815a5e3963131b816792756b3031fdd3cbaad3b4"
+SRCREV = "fb7947dc3091abd59ba2fe92c1ec84c204540e79"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 
