@@ -55,38 +55,14 @@ YAML
     return 1
 }
 
-# A private system-like bus in directory $1 with the agent's shipped policy;
-# prints its address. Method calls are denied by default, as on Debian's
-# system bus, so the policy is exercised as installed.
+# A private system-like bus in directory $1 with the agent's shipped policy
+# (scripts/private-bus.conf.in); prints its address.
 start_private_bus() {
     local dir=$1 repo
     repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     mkdir -p "$dir"
-    cat >"$dir/bus.conf" <<XML
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$dir/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>$repo/agent/dist/org.containeros.Agent1.conf</include>
-</busconfig>
-XML
+    sed -e "s|@SOCKET@|$dir/bus|" -e "s|@POLICY@|$repo/agent/dist/org.containeros.Agent1.conf|" \
+        "$repo/scripts/private-bus.conf.in" >"$dir/bus.conf"
     dbus-daemon --config-file="$dir/bus.conf" --fork --print-address=1 --print-pid=3 3>"$dir/pid" 2>/dev/null
 }
 

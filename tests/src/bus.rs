@@ -18,10 +18,8 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Starts `dbus-daemon` with a policy modelled on Debian's system.conf:
-    /// everyone may connect, nobody may own names or call methods unless a
-    /// policy allows it. The shipped agent policy is included; root may also
-    /// own `org.freedesktop.systemd1` for the stand-in unit manager.
+    /// Starts `dbus-daemon` with `scripts/private-bus.conf.in`: a policy
+    /// modelled on Debian's system bus, including the shipped agent policy.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cos-bus")
@@ -31,43 +29,11 @@ impl Bus {
         set_mode(dir.path(), 0o755);
         let socket = dir.path().join("bus");
         let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
-  </policy>
-  <policy user="root">
-    <allow own="org.freedesktop.systemd1"/>
-    <allow send_destination="org.freedesktop.systemd1"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"#,
-                socket = socket.display(),
-                policy = shipped_policy().display(),
-            ),
-        )
-        .expect("write bus config");
+        let template = include_str!("../../scripts/private-bus.conf.in");
+        let text = template
+            .replace("@SOCKET@", &socket.display().to_string())
+            .replace("@POLICY@", &shipped_policy().display().to_string());
+        std::fs::write(&config, text).expect("write bus config");
         let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--nopidfile", "--print-address=1"])

@@ -4,6 +4,7 @@
 //! packages `.ci/run` installs.
 
 mod apps;
+mod bench;
 mod config;
 mod device;
 mod images;
