@@ -29,7 +29,7 @@ sed -e 's|@@KERNEL_IMAGETYPE@@|zImage|' -e 's|@@CMDLINE@@|console=ttyAMA0,115200
     -e 's|@@DEVTYPE@@|virtio|' -e "s#@@BOOT@@#$boot#" "$cmd_in" > boot.cmd
 
 mkdir -p slot/boot && head -c 4096 /dev/zero > slot/boot/zImage
-mkfs.ext4 -q -d slot root.img 8M
+mkfs.ext4 -q -d slot root.img 8M >/dev/null 2>&1
 
 status=0
 # run NAME EXPECTED_SLOT EXPECTED_SAVED [setenv commands]
