@@ -71,6 +71,7 @@ services:
       retries: 5
   web:
     image: {web}
+    command: ["sh", "-c", "echo started $$GREETING; trap 'exit 0' TERM; sleep 100000 & wait"]
     depends_on:
       db:
         condition: service_healthy

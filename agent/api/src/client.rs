@@ -45,6 +45,8 @@ pub trait Agent {
 pub trait Apps {
     fn apply_release(&self, path: &str) -> zbus::Result<()>;
     fn list_services(&self) -> zbus::Result<Vec<crate::ServiceRow>>;
+    fn restart_service(&self, service: &str) -> zbus::Result<()>;
+    fn logs(&self, service: &str, lines: u32) -> zbus::Result<String>;
 
     #[zbus(signal)]
     fn pull_progress(&self, image: String, done: u64, total: u64) -> zbus::Result<()>;

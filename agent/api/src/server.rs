@@ -16,6 +16,10 @@ pub enum Command {
     ApplyRelease(String, oneshot::Sender<Result<(), String>>),
     /// The release's services as the engine has them.
     ListServices(oneshot::Sender<Result<Vec<ServiceRow>, String>>),
+    /// Restart a service's container.
+    RestartService(String, oneshot::Sender<Result<(), String>>),
+    /// The last lines a service's container wrote.
+    ServiceLogs(String, u32, oneshot::Sender<Result<String, String>>),
 }
 
 /// One row of `ListServices`: (service, container, state, health, image,
@@ -176,6 +180,19 @@ impl AppsInterface {
     /// health, image, release).
     async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
         ask(&self.commands, Command::ListServices).await
+    }
+
+    /// Restart the service's container (stop with its signal and grace
+    /// period, start again).
+    async fn restart_service(&self, service: String) -> Result<(), ApiError> {
+        ask(&self.commands, |tx| Command::RestartService(service, tx)).await
+    }
+
+    /// The last `lines` lines (stdout and stderr) of the service's
+    /// container. Logs may hold secrets: only root and the `containeros`
+    /// group may read them.
+    async fn logs(&self, service: String, lines: u32) -> Result<String, ApiError> {
+        ask(&self.commands, |tx| Command::ServiceLogs(service, lines, tx)).await
     }
 
     /// Bytes of an image pull: image, bytes done, bytes known in total.

@@ -97,4 +97,11 @@ pub trait Engine: Send + Sync {
     ) -> impl Future<Output = EngineResult<()>> + Send;
     fn remove(&self, container: &str) -> impl Future<Output = EngineResult<()>> + Send;
     fn inspect(&self, container: &str) -> impl Future<Output = EngineResult<ObservedContainer>> + Send;
+
+    /// Stops (with the container's own stop signal and `grace`) and starts
+    /// the container again.
+    fn restart(&self, container: &str, grace: Duration) -> impl Future<Output = EngineResult<()>> + Send;
+
+    /// The last `lines` lines the container wrote (stdout and stderr).
+    fn logs(&self, container: &str, lines: u32) -> impl Future<Output = EngineResult<String>> + Send;
 }

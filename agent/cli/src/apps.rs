@@ -25,6 +25,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restart a service's container (root or the `containeros` group).
+    Restart { service: String },
+    /// Show the last lines a service wrote (root or the `containeros` group).
+    Logs {
+        service: String,
+        /// How many lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
 }
 
 pub async fn run(agent: &AgentProxy<'_>, command: Command) -> Result<(), ClientError> {
@@ -35,6 +44,15 @@ pub async fn run(agent: &AgentProxy<'_>, command: Command) -> Result<(), ClientE
     match command {
         Command::Apply { file, json, no_wait } => apply(&apps, &file, json, no_wait).await,
         Command::List { json } => list(&apps, json).await,
+        Command::Restart { service } => {
+            apps.restart_service(&service).await?;
+            println!("service {service} restarted");
+            Ok(())
+        }
+        Command::Logs { service, lines } => {
+            print!("{}", apps.logs(&service, lines).await?);
+            Ok(())
+        }
     }
 }
 

@@ -225,6 +225,57 @@ async fn apply_once(
     }
 }
 
+/// The running container of `service` in the target release.
+async fn container_of(
+    engine: &DockerApps,
+    target: Option<&Release>,
+    service: &str,
+) -> Result<(String, containeros_apps::release::Duration), String> {
+    let release = target.ok_or("no release is applied on this device")?;
+    let definition = release
+        .services
+        .get(service)
+        .ok_or_else(|| format!("release {} has no service `{service}`", release.name))?;
+    let observed = engine.observe().await.map_err(|e| e.to_string())?;
+    let mut candidates: Vec<_> = observed
+        .containers
+        .into_iter()
+        .filter(|c| {
+            c.labels.get(LABEL_RELEASE) == Some(&release.name)
+                && c.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+        })
+        .collect();
+    // The running one first, if an update left two for a moment.
+    candidates.sort_by_key(|c| c.state != ContainerState::Running);
+    let container = candidates
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("service `{service}` has no container yet"))?;
+    Ok((container.id, definition.stop_grace_period))
+}
+
+pub async fn restart_service(
+    settings: &Settings,
+    target: Option<Arc<Release>>,
+    service: &str,
+) -> Result<(), String> {
+    let engine = settings.engine().await?;
+    let (id, grace) = container_of(&engine, target.as_deref(), service).await?;
+    info!(service, container = %id, "restarting service on request");
+    engine.restart(&id, grace).await.map_err(|e| e.to_string())
+}
+
+pub async fn logs(
+    settings: &Settings,
+    target: Option<Arc<Release>>,
+    service: &str,
+    lines: u32,
+) -> Result<String, String> {
+    let engine = settings.engine().await?;
+    let (id, _) = container_of(&engine, target.as_deref(), service).await?;
+    engine.logs(&id, lines).await.map_err(|e| e.to_string())
+}
+
 /// The release's containers as rows for `ListServices`; images are named
 /// as the target release names them.
 pub async fn list(settings: &Settings, target: Option<Arc<Release>>) -> Result<Vec<ServiceRow>, String> {

@@ -146,6 +146,18 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                         let _ = reply.send(apps::list(&settings, target).await);
                     });
                 }
+                Command::RestartService(service, reply) => {
+                    let (settings, target) = (apps_settings.clone(), target_tx.borrow().clone());
+                    tokio::spawn(async move {
+                        let _ = reply.send(apps::restart_service(&settings, target, &service).await);
+                    });
+                }
+                Command::ServiceLogs(service, lines, reply) => {
+                    let (settings, target) = (apps_settings.clone(), target_tx.borrow().clone());
+                    tokio::spawn(async move {
+                        let _ = reply.send(apps::logs(&settings, target, &service, lines).await);
+                    });
+                }
                 Command::RestartEngine(reply) => restart_engine(reply, &restart_tx, engine_kind, unit.is_some()),
             },
         }

@@ -23,7 +23,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
-    ListNetworksOptions, RemoveContainerOptions, StopContainerOptions,
+    ListNetworksOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
 };
 use containeros_apps::engine::{ContainerSpec, Engine, EngineError, EngineResult, ErrorKind, PullProgress};
 use containeros_apps::plan::{
@@ -397,6 +397,33 @@ impl Engine for DockerApps {
             health,
             exit_code: state.exit_code,
         })
+    }
+
+    async fn restart(&self, container: &str, grace: Duration) -> EngineResult<()> {
+        let options = RestartContainerOptions {
+            t: Some(i32::try_from(grace.0.as_secs()).unwrap_or(i32::MAX)),
+            signal: None,
+        };
+        self.docker
+            .restart_container(container, Some(options))
+            .await
+            .map_err(|e| error("restart container", container, e))
+    }
+
+    async fn logs(&self, container: &str, lines: u32) -> EngineResult<String> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(container, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| error("read logs of container", container, e))?;
+            text.push_str(&chunk.to_string());
+        }
+        Ok(text)
     }
 }
 
