@@ -85,6 +85,11 @@ pub enum ApplyError {
          release's image sizes"
     )]
     NoSpace { free: u64, needed: u64, images: String },
+    #[error(
+        "the engine ran out of space: {0}; the release was not applied and, unless a service uses \
+         kill-then-download, the running release keeps running — free space on the engine's storage"
+    )]
+    OutOfSpace(EngineError),
     #[error("service `{service}`: container {container} became unhealthy")]
     Unhealthy { service: String, container: String },
     #[error("service `{service}`: container {container} exited with code {code}")]
@@ -176,11 +181,7 @@ fn tolerate(result: Result<(), EngineError>, done_when: &[ErrorKind]) -> Result<
             debug!("{e} (already done)");
             Ok(())
         }
-        Err(e) if e.kind == ErrorKind::NoSpace => Err(ApplyError::NoSpace {
-            free: 0,
-            needed: 0,
-            images: e.to_string(),
-        }),
+        Err(e) if e.kind == ErrorKind::NoSpace => Err(ApplyError::OutOfSpace(e)),
         other => Ok(other?),
     }
 }
