@@ -2,22 +2,45 @@
 # real services the agent and its tests use, on loopback only, when they are
 # not already running. Source this file; every function is idempotent.
 
-# dockerd on its default socket (/run/docker.sock).
+# True when a containerd answers on its default socket. A socket file alone
+# proves nothing: /run can keep one from an engine that is long gone.
+containerd_alive() {
+    [ -S /run/containerd/containerd.sock ] &&
+        timeout 5 ctr --address /run/containerd/containerd.sock version >/dev/null 2>&1
+}
+
+# dockerd on its default socket (/run/docker.sock), with containerd under it.
 ensure_dockerd() {
-    if docker version >/dev/null 2>&1; then
+    if timeout 10 docker version >/dev/null 2>&1; then
         return 0
     fi
     echo "starting dockerd (log: /var/log/containeros-ci-dockerd.log)"
-    # containerd first when the package ships it, as its unit would.
-    if command -v containerd >/dev/null 2>&1 && [ ! -S /run/containerd/containerd.sock ]; then
-        nohup containerd >/var/log/containeros-ci-containerd.log 2>&1 &
-        for _ in $(seq 1 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
+    # containerd first when the package ships it, as its unit would. dockerd
+    # (and every private dockerd the tests start) uses a containerd it finds
+    # on the default socket, so a stale socket must go before either starts.
+    if ! containerd_alive; then
+        rm -f /run/containerd/containerd.sock /run/containerd/containerd.sock.ttrpc
+        if command -v containerd >/dev/null 2>&1; then
+            nohup containerd >/var/log/containeros-ci-containerd.log 2>&1 &
+            for _ in $(seq 1 100); do containerd_alive && break; sleep 0.2; done
+            if ! containerd_alive; then
+                echo "containerd did not start; its log:" >&2
+                tail -n 40 /var/log/containeros-ci-containerd.log >&2
+                return 1
+            fi
+        fi
+    fi
+    # A pid file left by a dockerd that did not exit cleanly stops the next.
+    local pid
+    pid=$(cat /run/docker.pid 2>/dev/null || true)
+    if [ -n "$pid" ] && ! grep -qs dockerd "/proc/$pid/comm"; then
+        rm -f /run/docker.pid
     fi
     local containerd_arg=()
-    [ -S /run/containerd/containerd.sock ] && containerd_arg=(--containerd=/run/containerd/containerd.sock)
+    containerd_alive && containerd_arg=(--containerd=/run/containerd/containerd.sock)
     nohup dockerd "${containerd_arg[@]}" --host=unix:///run/docker.sock >/var/log/containeros-ci-dockerd.log 2>&1 &
     for _ in $(seq 1 150); do
-        docker version >/dev/null 2>&1 && return 0
+        timeout 10 docker version >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     echo "dockerd did not start; its log:" >&2
