@@ -5,7 +5,7 @@
 //!   shipped policy file, so access control is tested as installed.
 //! - [`UnitManager`]: a stand-in for systemd on that bus. It implements the
 //!   `org.freedesktop.systemd1.Manager` calls the agent makes (`Subscribe`,
-//!   `RestartUnit`, the `JobRemoved` signal) and really runs the unit's
+//!   `RestartUnit`, `StopUnit`, the `JobRemoved` signal) and really runs the unit's
 //!   process — here a private `dockerd` — waiting for its `READY=1` on a
 //!   `NOTIFY_SOCKET` the way systemd does for `Type=notify` units. systemd
 //!   itself is not PID 1 on the test machines, hence the stand-in.

@@ -69,8 +69,8 @@ pub fn require_root() {
 }
 
 /// A private dockerd's command line: its own data-root, exec-root and
-/// socket, no bridge and no iptables rules, so it runs beside any other
-/// engine on the machine.
+/// socket, no default bridge, no iptables rules and its own address pool,
+/// so it runs beside any other engine on the machine.
 #[derive(Debug)]
 pub struct Dockerd {
     dir: tempfile::TempDir,
@@ -146,6 +146,11 @@ impl Dockerd {
         filler
     }
 
+    /// The engine's data-root.
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("docker.sock")
     }
@@ -160,6 +165,10 @@ impl Dockerd {
             format!("--pidfile={d}/docker.pid"),
             format!("--host=unix://{d}/docker.sock"),
             "--bridge=none".to_owned(),
+            // Networks from a /16 of their own, in /24s: a stopped dockerd
+            // leaves its bridges behind, and Docker's default pools (a few
+            // dozen /16s and /20s) run out over a full test run.
+            "--default-address-pool=base=10.213.0.0/16,size=24".to_owned(),
             "--iptables=false".to_owned(),
             "--ip-masq=false".to_owned(),
             "--log-level=warn".to_owned(),

@@ -69,6 +69,33 @@ impl ManagerIface {
         Ok(path)
     }
 
+    async fn stop_unit(
+        &self,
+        name: String,
+        _mode: String,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> zbus::fdo::Result<OwnedObjectPath> {
+        let (id, child) = {
+            let mut units = self.units.lock().expect("lock");
+            if !units.defs.contains_key(&name) {
+                return Err(zbus::fdo::Error::Failed(format!("Unit {name} not found.")));
+            }
+            units.next_job += 1;
+            (units.next_job, units.running.remove(&name))
+        };
+        let path = OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{id}"))
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let emitter = emitter.to_owned();
+        let job = path.clone();
+        tokio::spawn(async move {
+            if let Some(mut child) = child {
+                let _ = tokio::task::spawn_blocking(move || stop(&mut child)).await;
+            }
+            let _ = Self::job_removed(&emitter, id, job.as_ref(), &name, "done").await;
+        });
+        Ok(path)
+    }
+
     #[zbus(signal)]
     async fn job_removed(
         emitter: &SignalEmitter<'_>,

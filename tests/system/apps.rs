@@ -11,7 +11,7 @@ use containeros_tests::{TestImage, busybox_image, cli, eventually, require_image
 use crate::device::Device;
 
 /// `docker` against the device's private engine.
-fn docker(device: &Device, args: &[&str]) -> String {
+pub fn docker(device: &Device, args: &[&str]) -> String {
     let out = Command::new("docker")
         .arg("-H")
         .arg(format!("unix://{}", device.dockerd.socket().display()))
@@ -27,7 +27,7 @@ fn docker(device: &Device, args: &[&str]) -> String {
 }
 
 /// Service → container id of the release's containers (all states).
-fn containers(device: &Device, release: &str) -> BTreeMap<String, Vec<String>> {
+pub fn containers(device: &Device, release: &str) -> BTreeMap<String, Vec<String>> {
     let listing = docker(
         device,
         &[
@@ -92,7 +92,7 @@ volumes:
     path.display().to_string()
 }
 
-fn apply(device: &Device, file: &str) -> Vec<serde_json::Value> {
+pub fn apply(device: &Device, file: &str) -> Vec<serde_json::Value> {
     let out = cli(device.bus.address())
         .args(["apps", "apply", file, "--json"])
         .output()
@@ -287,7 +287,7 @@ async fn disk_full_refuses_the_update_and_keeps_the_old_release() {
         .filler(48 << 20)
         .get();
     let dockerd = containeros_tests::Dockerd::with_small_data_root(320);
-    let device = Device::start_with(dockerd, "[apps]\nmin_free_mib = 16\n").await;
+    let device = Device::start_with(dockerd, "min_free_mib = 16\n").await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&device, &release_file(dir.path(), "1", &web1, &worker, &db));

@@ -24,9 +24,15 @@ impl Device {
         Self::start_with(Dockerd::new(), "").await
     }
 
-    /// The same, with a given dockerd and extra agent configuration (TOML
-    /// sections appended to the test's own).
+    /// The same, with a given dockerd and extra agent configuration: keys
+    /// of the `[apps]` section, then any further sections. Update locks
+    /// live in the test's own state directory (`<state>/locks`).
     pub async fn start_with(dockerd: Dockerd, extra_config: &str) -> Self {
+        Self::start_configured(dockerd, "", extra_config).await
+    }
+
+    /// The same, with extra keys for the `[engine]` section too.
+    pub async fn start_configured(dockerd: Dockerd, engine_config: &str, extra_config: &str) -> Self {
         require_root();
         let bus = Bus::start();
         let units = UnitManager::start(&bus, &[("docker.service", dockerd.argv())]).await;
@@ -53,6 +59,9 @@ check_timeout = "1s"
 failures_before_restart = 2
 restart_backoff = "1s"
 restart_backoff_max = "4s"
+{engine_config}
+[apps]
+lock_dir = "{state}/locks"
 {extra_config}
 "#,
             state = state.path().display(),

@@ -8,6 +8,7 @@ mod bench;
 mod config;
 mod device;
 mod images;
+mod lifecycle;
 mod podman;
 mod policy;
 mod release;

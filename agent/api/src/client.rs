@@ -46,6 +46,8 @@ pub trait Apps {
     fn apply_release(&self, path: &str) -> zbus::Result<()>;
     fn list_services(&self) -> zbus::Result<Vec<crate::ServiceRow>>;
     fn restart_service(&self, service: &str) -> zbus::Result<()>;
+    fn stop_service(&self, service: &str) -> zbus::Result<()>;
+    fn start_service(&self, service: &str) -> zbus::Result<()>;
     fn logs(&self, service: &str, lines: u32) -> zbus::Result<String>;
 
     #[zbus(signal)]

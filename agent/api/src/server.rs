@@ -18,6 +18,10 @@ pub enum Command {
     ListServices(oneshot::Sender<Result<Vec<ServiceRow>, String>>),
     /// Restart a service's container.
     RestartService(String, oneshot::Sender<Result<(), String>>),
+    /// Stop a service and keep it stopped until `StartService`.
+    StopService(String, oneshot::Sender<Result<(), String>>),
+    /// Start a service an operator stopped.
+    StartService(String, oneshot::Sender<Result<(), String>>),
     /// The last lines a service's container wrote.
     ServiceLogs(String, u32, oneshot::Sender<Result<String, String>>),
 }
@@ -186,6 +190,18 @@ impl AppsInterface {
     /// period, start again).
     async fn restart_service(&self, service: String) -> Result<(), ApiError> {
         ask(&self.commands, |tx| Command::RestartService(service, tx)).await
+    }
+
+    /// Stop the service's container (its signal and grace period) and keep
+    /// it stopped — across reconciles, engine restarts, reboots and updates
+    /// that keep the service — until `StartService`.
+    async fn stop_service(&self, service: String) -> Result<(), ApiError> {
+        ask(&self.commands, |tx| Command::StopService(service, tx)).await
+    }
+
+    /// Start a service stopped by `StopService` (or found stopped).
+    async fn start_service(&self, service: String) -> Result<(), ApiError> {
+        ask(&self.commands, |tx| Command::StartService(service, tx)).await
     }
 
     /// The last `lines` lines (stdout and stderr) of the service's

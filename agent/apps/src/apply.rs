@@ -14,12 +14,13 @@
 //! every pull happens before any old container is stopped, so the old
 //! release keeps running then too.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::engine::{ContainerSpec, Engine, EngineError, ErrorKind, PullProgress};
-use crate::plan::{self, ContainerState, Deferred, Health, Step, UpdateLocks};
+use crate::plan::{self, ContainerState, Deferred, Health, Holds, Step};
 use crate::release::{Healthcheck, Release};
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,14 @@ pub struct ApplyOptions {
     /// Longest wait for a container to run, or for a one-shot to finish.
     pub start_timeout: Duration,
     pub completion_timeout: Duration,
+    /// Where the services' update-lock directories are created
+    /// ([`crate::locks`]); `None`: containers get no lock directory.
+    pub lock_dir: Option<std::path::PathBuf>,
+    /// Images the agent pulled for earlier releases (engine references):
+    /// those the release does not use are removed when no container uses
+    /// them — before pulling, so their space counts, and once converged.
+    /// Images the agent did not pull are never touched.
+    pub gc_candidates: BTreeSet<String>,
 }
 
 impl Default for ApplyOptions {
@@ -43,6 +52,8 @@ impl Default for ApplyOptions {
             min_free: 64 << 20,
             start_timeout: Duration::from_secs(60),
             completion_timeout: Duration::from_secs(600),
+            lock_dir: None,
+            gc_candidates: BTreeSet::new(),
         }
     }
 }
@@ -73,6 +84,8 @@ pub struct Outcome {
     pub rounds: u32,
     /// Updates still held back by locks; apply again later.
     pub deferred: Vec<Deferred>,
+    /// Garbage-collection candidates removed (or found gone already).
+    pub removed_images: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +103,10 @@ pub enum ApplyError {
          kill-then-download, the running release keeps running — free space on the engine's storage"
     )]
     OutOfSpace(EngineError),
+    #[error(
+        "cannot create the update-lock directory {dir}: {error}; check apps.lock_dir in the agent config"
+    )]
+    LockDir { dir: std::path::PathBuf, error: String },
     #[error("service `{service}`: container {container} became unhealthy")]
     Unhealthy { service: String, container: String },
     #[error("service `{service}`: container {container} exited with code {code}")]
@@ -113,7 +130,7 @@ pub enum ApplyError {
 pub async fn apply<E: Engine>(
     engine: &E,
     release: &Release,
-    locks: &UpdateLocks,
+    holds: &Holds,
     now: &(dyn Fn() -> SystemTime + Send + Sync),
     options: &ApplyOptions,
     events: &(dyn Fn(Event<'_>) + Send + Sync),
@@ -121,7 +138,7 @@ pub async fn apply<E: Engine>(
     let mut outcome = Outcome::default();
     for round in 1..=options.max_rounds {
         let observed = engine.observe().await?;
-        let plan = plan::plan(release, &observed, locks, now());
+        let plan = plan::plan(release, &observed, holds, now());
         outcome.rounds = round;
         outcome.deferred = plan.deferred.clone();
         events(Event::Planned {
@@ -131,11 +148,25 @@ pub async fn apply<E: Engine>(
         });
         if plan.steps.is_empty() {
             info!(release = %release.name, round, deferred = plan.deferred.len(), "release applied");
+            if plan.deferred.is_empty() {
+                collect_garbage(engine, release, options, &mut outcome.removed_images).await;
+            }
             return Ok(outcome);
         }
-        preflight(engine, &plan.steps, options).await?;
+        // Garbage collection and the free-space check come before the
+        // plan's first step, or, when it frees storage first
+        // (kill-then-download), right before its first pull.
+        let first_pull = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::PullImage { .. }));
+        let check_at = first_pull.map(|i| if plan.frees_before_pull { i } else { 0 });
         let total = plan.steps.len();
         for (i, step) in plan.steps.iter().enumerate() {
+            if check_at == Some(i) {
+                collect_garbage(engine, release, options, &mut outcome.removed_images).await;
+                preflight(engine, &plan.steps, options).await?;
+            }
             events(Event::Step {
                 index: i + 1,
                 total,
@@ -150,6 +181,36 @@ pub async fn apply<E: Engine>(
         release: release.name.clone(),
         rounds: options.max_rounds,
     })
+}
+
+/// Removes the candidates the release does not use, unless a container
+/// still does (the engine refuses those). Failures only log: garbage
+/// collection never fails an apply.
+async fn collect_garbage<E: Engine>(
+    engine: &E,
+    release: &Release,
+    options: &ApplyOptions,
+    removed: &mut Vec<String>,
+) {
+    let needed: BTreeSet<String> = release
+        .services
+        .values()
+        .map(|s| s.image.engine_reference())
+        .collect();
+    for reference in options.gc_candidates.difference(&needed) {
+        if removed.contains(reference) {
+            continue;
+        }
+        match engine.remove_image(reference).await {
+            Ok(()) => {
+                info!(image = %reference, "removed an image no release needs");
+                removed.push(reference.clone());
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => removed.push(reference.clone()),
+            Err(e) if e.kind == ErrorKind::Conflict => debug!(image = %reference, "still in use: {e}"),
+            Err(e) => warn!(image = %reference, "cannot remove an image no release needs: {e}"),
+        }
+    }
 }
 
 async fn preflight<E: Engine>(engine: &E, steps: &[Step], options: &ApplyOptions) -> Result<(), ApplyError> {
@@ -220,12 +281,24 @@ async fn execute<E: Engine>(
             let Some(definition) = release.services.get(service) else {
                 return Ok(());
             };
+            let lock_dir = match &options.lock_dir {
+                Some(root) => {
+                    let dir = crate::locks::service_dir(root, &release.name, service);
+                    std::fs::create_dir_all(&dir).map_err(|e| ApplyError::LockDir {
+                        dir: dir.clone(),
+                        error: e.to_string(),
+                    })?;
+                    Some(dir)
+                }
+                None => None,
+            };
             let spec = ContainerSpec {
                 release,
                 service_name: service,
                 service: definition,
                 name,
                 labels: plan::container_labels(release, service, config_hash),
+                lock_dir,
             };
             // A name conflict means an earlier (interrupted) run created it.
             tolerate(

@@ -24,6 +24,9 @@ pub struct ContainerSpec<'a> {
     pub name: &'a str,
     /// The labels that identify it (`plan::container_labels`).
     pub labels: BTreeMap<String, String>,
+    /// The service's update-lock directory on the host, mounted at
+    /// [`crate::locks::MOUNT`] with [`crate::locks::ENV`] set.
+    pub lock_dir: Option<std::path::PathBuf>,
 }
 
 /// Progress of one image pull, in bytes of compressed layers.
@@ -96,6 +99,9 @@ pub trait Engine: Send + Sync {
         signal: Option<&str>,
     ) -> impl Future<Output = EngineResult<()>> + Send;
     fn remove(&self, container: &str) -> impl Future<Output = EngineResult<()>> + Send;
+    /// Removes an image reference (the image itself once no reference is
+    /// left); [`ErrorKind::Conflict`] while a container uses it.
+    fn remove_image(&self, reference: &str) -> impl Future<Output = EngineResult<()>> + Send;
     fn inspect(&self, container: &str) -> impl Future<Output = EngineResult<ObservedContainer>> + Send;
 
     /// Stops (with the container's own stop signal and `grace`) and starts

@@ -27,6 +27,11 @@ pub enum Command {
     },
     /// Restart a service's container (root or the `containeros` group).
     Restart { service: String },
+    /// Stop a service and keep it stopped, across reboots and updates, until
+    /// `apps start` (root or the `containeros` group).
+    Stop { service: String },
+    /// Start a service stopped by `apps stop` (root or the `containeros` group).
+    Start { service: String },
     /// Show the last lines a service wrote (root or the `containeros` group).
     Logs {
         service: String,
@@ -47,6 +52,16 @@ pub async fn run(agent: &AgentProxy<'_>, command: Command) -> Result<(), ClientE
         Command::Restart { service } => {
             apps.restart_service(&service).await?;
             println!("service {service} restarted");
+            Ok(())
+        }
+        Command::Stop { service } => {
+            apps.stop_service(&service).await?;
+            println!("service {service} stopped; it stays stopped until `containeros apps start {service}`");
+            Ok(())
+        }
+        Command::Start { service } => {
+            apps.start_service(&service).await?;
+            println!("service {service} started");
             Ok(())
         }
         Command::Logs { service, lines } => {

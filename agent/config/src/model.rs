@@ -27,6 +27,13 @@ pub struct AppsSection {
     /// Refuse to pull images when the engine's storage has less free space
     /// than this many MiB (the running release keeps running).
     pub min_free_mib: u64,
+    /// Host directory (on tmpfs) under which each service gets
+    /// `<release>/<service>/`, mounted at `/run/containeros` in its
+    /// containers; an `update.lock` file there defers the service's update.
+    pub lock_dir: AbsPath,
+    /// How long a held update lock may defer an update, unless the release
+    /// sets `x-containeros.update_lock_timeout`.
+    pub update_lock_timeout: Duration,
 }
 
 impl Default for AppsSection {
@@ -34,6 +41,8 @@ impl Default for AppsSection {
         Self {
             development: false,
             min_free_mib: 64,
+            lock_dir: AbsPath::new("/run/containeros/locks"),
+            update_lock_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -132,6 +141,12 @@ pub struct EngineSection {
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
     pub max_restarts: NonZeroU32,
+    /// The engine's data-root (kind = "docker"); read by store recovery.
+    pub data_root: AbsPath,
+    /// When the engine stays down after `max_restarts` restarts, move its
+    /// store aside (keeping named volumes), start it empty and re-create the
+    /// release from the registry.
+    pub recover_store: bool,
 }
 
 const fn nonzero(n: u32) -> NonZeroU32 {
@@ -154,6 +169,8 @@ impl Default for EngineSection {
             restart_backoff: Duration::from_secs(5),
             restart_backoff_max: Duration::from_secs(300),
             max_restarts: nonzero(5),
+            data_root: AbsPath::new("/data/docker"),
+            recover_store: false,
         }
     }
 }

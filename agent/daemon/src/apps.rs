@@ -7,18 +7,26 @@
 //! target, and the applier — which always plans from the engine's actual
 //! state — finishes the job. The applier also re-reconciles periodically,
 //! so containers removed or stopped behind its back come back.
+//!
+//! Beside the target, `<state_dir>/apps/` holds `stopped` (services an
+//! operator stopped, one per line: the planner keeps them stopped until
+//! `StartService`) and `images` (every image reference the agent pulled
+//! for a release, the garbage collector's candidates: images the agent did
+//! not pull are never removed).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containeros_api::ServiceRow;
 use containeros_apps::apply::{ApplyOptions, Event, apply};
 use containeros_apps::engine::Engine as _;
-use containeros_apps::plan::{ContainerState, Health, LABEL_RELEASE, LABEL_SERVICE, UpdateLocks};
+use containeros_apps::locks::{self, LockClock};
+use containeros_apps::plan::{ContainerState, Health, Holds, LABEL_RELEASE, LABEL_SERVICE};
 use containeros_apps::{Mode, Release};
 use containeros_engine::{DockerApps, DockerProbe};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::store;
@@ -27,6 +35,8 @@ use crate::store;
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// How often an update waiting on a lock looks at the lock again.
+const LOCK_POLL: Duration = Duration::from_secs(5);
 
 /// What the applier tells the D-Bus side.
 #[derive(Debug)]
@@ -53,13 +63,97 @@ pub struct Settings {
     pub socket: PathBuf,
     pub timeout: Duration,
     pub mode: Mode,
-    pub state_file: PathBuf,
+    /// `<state_dir>/apps`.
+    pub dir: PathBuf,
     pub options: ApplyOptions,
+    /// `apps.lock_dir`: the services' update-lock directories.
+    pub lock_dir: PathBuf,
+    /// `apps.update_lock_timeout`.
+    pub lock_timeout: Duration,
+    /// Services an operator stopped (persisted in `stopped`).
+    pub stopped: Arc<Mutex<BTreeSet<String>>>,
+    /// Wakes the applier for an apply now.
+    pub kick: Arc<Notify>,
 }
 
 impl Settings {
-    pub fn state_file(state_dir: &Path) -> PathBuf {
-        state_dir.join("apps").join("release.yml")
+    pub fn new(
+        socket: PathBuf,
+        timeout: Duration,
+        mode: Mode,
+        state_dir: &Path,
+        options: ApplyOptions,
+        lock_dir: PathBuf,
+        lock_timeout: Duration,
+    ) -> Self {
+        let dir = state_dir.join("apps");
+        let stopped = read_lines(&dir.join("stopped"));
+        if !stopped.is_empty() {
+            info!(services = ?stopped, "services stopped by an operator stay stopped");
+        }
+        Self {
+            socket,
+            timeout,
+            mode,
+            options: ApplyOptions {
+                lock_dir: Some(lock_dir.clone()),
+                ..options
+            },
+            lock_dir,
+            lock_timeout,
+            stopped: Arc::new(Mutex::new(stopped)),
+            kick: Arc::new(Notify::new()),
+            dir,
+        }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("release.yml")
+    }
+
+    fn stopped_file(&self) -> PathBuf {
+        self.dir.join("stopped")
+    }
+
+    fn images_file(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
+    fn stopped(&self) -> BTreeSet<String> {
+        self.stopped.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Changes the stopped set, on disk first: the change is only made
+    /// when it is durable.
+    fn set_stopped(&self, service: &str, stopped: bool) -> Result<(), String> {
+        let mut set = self
+            .stopped
+            .lock()
+            .map_err(|_| "internal error: stopped set poisoned")?;
+        let mut next = set.clone();
+        if stopped {
+            next.insert(service.to_owned());
+        } else {
+            next.remove(service);
+        }
+        if next != *set {
+            write_lines(&self.stopped_file(), &next)?;
+            *set = next;
+        }
+        Ok(())
+    }
+
+    /// Adds `release`'s images to the garbage collector's candidates,
+    /// before anything is pulled for it.
+    fn record_images(&self, release: &Release) -> Result<(), String> {
+        let path = self.images_file();
+        let mut images = read_lines(&path);
+        let before = images.len();
+        images.extend(release.services.values().map(|s| s.image.engine_reference()));
+        if images.len() != before {
+            write_lines(&path, &images)?;
+        }
+        Ok(())
     }
 
     async fn engine(&self) -> Result<DockerApps, String> {
@@ -68,9 +162,34 @@ impl Settings {
     }
 }
 
+fn read_lines(path: &Path) -> BTreeSet<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => {
+            warn!(file = %path.display(), "cannot read: {e}");
+            BTreeSet::new()
+        }
+    }
+}
+
+fn write_lines(path: &Path, lines: &BTreeSet<String>) -> Result<(), String> {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    store::write_atomic(path, text.as_bytes()).map_err(|e| {
+        format!(
+            "cannot write {}: {e}; is the data partition mounted and writable?",
+            path.display()
+        )
+    })
+}
+
 /// The stored target, if any, from an earlier run.
 pub fn stored_target(settings: &Settings) -> Option<Arc<Release>> {
-    let path = &settings.state_file;
+    let path = &settings.state_file();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -80,7 +199,12 @@ pub fn stored_target(settings: &Settings) -> Option<Arc<Release>> {
         }
     };
     match containeros_apps::release::parse(&text, &path.display().to_string(), settings.mode) {
-        Ok(release) => Some(Arc::new(release)),
+        Ok(release) => {
+            if let Err(e) = settings.record_images(&release) {
+                warn!("{e}");
+            }
+            Some(Arc::new(release))
+        }
         Err(e) => {
             error!("the stored release is no longer valid, keeping the engine as it is: {e}");
             None
@@ -92,10 +216,12 @@ pub fn stored_target(settings: &Settings) -> Option<Arc<Release>> {
 pub fn accept(settings: &Settings, path: &str) -> Result<Arc<Release>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read release file {path}: {e}"))?;
     let release = containeros_apps::release::parse(&text, path, settings.mode).map_err(|e| e.to_string())?;
-    store::write_atomic(&settings.state_file, text.as_bytes()).map_err(|e| {
+    settings.record_images(&release)?;
+    let state_file = settings.state_file();
+    store::write_atomic(&state_file, text.as_bytes()).map_err(|e| {
         format!(
             "cannot store the release as {}: {e}; is the data partition mounted and writable?",
-            settings.state_file.display()
+            state_file.display()
         )
     })?;
     info!(release = %release.name, version = %release.version, file = path, "new target release");
@@ -110,21 +236,21 @@ pub async fn applier(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut retry = RETRY_FIRST;
-    // A new target is always announced when its apply ends (a client waits
+    // A new target is always announced when its apply ends — after any
+    // update that waits on a lock went through too (a client waits
     // for that); periodic re-checks only when they changed something.
     let mut announce = true;
+    let mut clock = LockClock::default();
     loop {
         let current = target.borrow_and_update().clone();
+        let mut waiting = false;
         let wait = match current {
             None => None,
-            Some(release) => match apply_once(&settings, &release, &reports, announce).await {
+            Some(release) => match apply_once(&settings, &release, &reports, announce, &mut clock).await {
                 Ok(deferred) => {
                     retry = RETRY_FIRST;
-                    Some(if deferred {
-                        RETRY_FIRST * 6
-                    } else {
-                        RECONCILE_EVERY
-                    })
+                    waiting = deferred;
+                    Some(if deferred { LOCK_POLL } else { RECONCILE_EVERY })
                 }
                 Err(()) => {
                     let wait = retry;
@@ -139,7 +265,7 @@ pub async fn applier(
                 None => std::future::pending().await,
             }
         };
-        announce = false;
+        announce = announce && waiting;
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             changed = target.changed() => {
@@ -149,6 +275,7 @@ pub async fn applier(
                 announce = true;
             }
             () = sleep => {}
+            () = settings.kick.notified() => {}
         }
     }
 }
@@ -159,6 +286,7 @@ async fn apply_once(
     release: &Release,
     reports: &mpsc::UnboundedSender<Report>,
     announce: bool,
+    clock: &mut LockClock,
 ) -> Result<bool, ()> {
     let name = release.name.clone();
     let version = release.version.to_string();
@@ -197,22 +325,49 @@ async fn apply_once(
         };
         let _ = reports.send(report);
     };
-    let locks = UpdateLocks::default();
-    let result = apply(
-        &engine,
-        release,
-        &locks,
-        &SystemTime::now,
-        &settings.options,
-        &events,
-    )
-    .await;
+    let held = locks::held(&settings.lock_dir, &release.name);
+    let holds = Holds {
+        locks: clock.locks(&held, settings.lock_timeout, SystemTime::now()),
+        stopped: settings.stopped(),
+    };
+    let images_file = settings.images_file();
+    let known = read_lines(&images_file);
+    let options = ApplyOptions {
+        gc_candidates: known.clone(),
+        ..settings.options.clone()
+    };
+    let result = apply(&engine, release, &holds, &SystemTime::now, &options, &events).await;
     match result {
         Ok(outcome) => {
+            for d in outcome.deferred.iter().filter(|d| !clock.waiting(&d.service)) {
+                info!(service = %d.service, release = %name, "update waits for the service's update lock");
+            }
+            clock.settle(&outcome.deferred);
+            if !outcome.removed_images.is_empty() {
+                let mut left = known;
+                for r in &outcome.removed_images {
+                    left.remove(r);
+                }
+                if let Err(e) = write_lines(&images_file, &left) {
+                    warn!("{e}");
+                }
+            }
             if outcome.steps_done > 0 {
                 info!(release = %name, %version, steps = outcome.steps_done, rounds = outcome.rounds, "release applied");
             }
-            if announce || outcome.steps_done > 0 {
+            if let Some(d) = outcome.deferred.first() {
+                let until = d
+                    .expires_at
+                    .duration_since(SystemTime::now())
+                    .map_or(0, |left| left.as_secs());
+                let _ = reports.send(Report::Operation {
+                    text: format!(
+                        "apply {name} {version}: {} waits for its update lock (at most {until} s more)",
+                        d.service
+                    ),
+                    progress: 0,
+                });
+            } else if announce || outcome.steps_done > 0 {
                 finished(None);
             }
             Ok(!outcome.deferred.is_empty())
@@ -263,6 +418,79 @@ pub async fn restart_service(
     let (id, grace) = container_of(&engine, target.as_deref(), service).await?;
     info!(service, container = %id, "restarting service on request");
     engine.restart(&id, grace).await.map_err(|e| e.to_string())
+}
+
+/// Stops `service` and keeps it stopped (persisted first) until
+/// [`start_service`].
+pub async fn stop_service(
+    settings: &Settings,
+    target: Option<Arc<Release>>,
+    service: &str,
+) -> Result<(), String> {
+    let release = target.as_deref().ok_or("no release is applied on this device")?;
+    let definition = release
+        .services
+        .get(service)
+        .ok_or_else(|| format!("release {} has no service `{service}`", release.name))?;
+    settings.set_stopped(service, true)?;
+    info!(
+        service,
+        "service stopped on request; it stays stopped until started"
+    );
+    let engine = settings.engine().await?;
+    let observed = engine.observe().await.map_err(|e| e.to_string())?;
+    for c in observed.containers.iter().filter(|c| {
+        c.labels.get(LABEL_RELEASE) == Some(&release.name)
+            && c.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+            && matches!(
+                c.state,
+                ContainerState::Running | ContainerState::Restarting | ContainerState::Paused
+            )
+    }) {
+        engine
+            .stop(
+                &c.id,
+                definition.stop_grace_period,
+                definition.stop_signal.as_deref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Releases an operator's stop of `service` and starts it.
+pub async fn start_service(
+    settings: &Settings,
+    target: Option<Arc<Release>>,
+    service: &str,
+) -> Result<(), String> {
+    let release = target.as_deref().ok_or("no release is applied on this device")?;
+    if !release.services.contains_key(service) {
+        return Err(format!("release {} has no service `{service}`", release.name));
+    }
+    settings.set_stopped(service, false)?;
+    info!(service, "service started on request");
+    let engine = settings.engine().await?;
+    let started = match container_of(&engine, Some(release), service).await {
+        Ok((id, _)) => {
+            let state = engine.inspect(&id).await.map_err(|e| e.to_string())?.state;
+            if matches!(state, ContainerState::Created | ContainerState::Exited) {
+                engine.start(&id).await.map_err(|e| e.to_string())?;
+            }
+            true
+        }
+        Err(_) => false,
+    };
+    // The applier creates a missing container and checks the rest.
+    settings.kick.notify_one();
+    if started {
+        Ok(())
+    } else {
+        Err(format!(
+            "service `{service}` has no container yet; the agent creates and starts it with the release"
+        ))
+    }
 }
 
 pub async fn logs(

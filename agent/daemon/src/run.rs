@@ -56,12 +56,20 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         EngineKind::Docker => {
             let probe = DockerProbe::new(config.engine.socket.as_path(), config.engine.check_timeout.get());
             let restarter = match &unit {
-                Some(unit) => Some(SystemdRestarter::new(
-                    UnitManager::new(&connection)
-                        .await
-                        .context("cannot reach systemd on the bus")?,
-                    unit,
-                )),
+                Some(unit) => {
+                    let restarter = SystemdRestarter::new(
+                        UnitManager::new(&connection)
+                            .await
+                            .context("cannot reach systemd on the bus")?,
+                        unit,
+                    );
+                    Some(if config.engine.recover_store {
+                        info!(data_root = %config.engine.data_root.as_path().display(), "engine-store recovery is on");
+                        restarter.with_store(config.engine.data_root.as_path())
+                    } else {
+                        restarter
+                    })
+                }
                 None => None,
             };
             let policy = Policy::from_config(&config.engine);
@@ -80,23 +88,28 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             None
         }
     };
-    let mirror = tokio::spawn(mirror_engine_status(engine_rx, api.clone()));
-
     // Application releases: the stored target is applied again at start.
-    let apps_settings = apps::Settings {
-        socket: config.engine.socket.as_path().to_owned(),
-        timeout: config.engine.check_timeout.get(),
-        mode: if config.apps.development {
+    let apps_settings = apps::Settings::new(
+        config.engine.socket.as_path().to_owned(),
+        config.engine.check_timeout.get(),
+        if config.apps.development {
             Mode::Development
         } else {
             Mode::Committed
         },
-        state_file: apps::Settings::state_file(config.agent.state_dir.as_path()),
-        options: ApplyOptions {
+        config.agent.state_dir.as_path(),
+        ApplyOptions {
             min_free: config.apps.min_free_mib.saturating_mul(1 << 20),
             ..ApplyOptions::default()
         },
-    };
+        config.apps.lock_dir.as_path().to_owned(),
+        config.apps.update_lock_timeout.get(),
+    );
+    let mirror = tokio::spawn(mirror_engine_status(
+        engine_rx,
+        api.clone(),
+        apps_settings.kick.clone(),
+    ));
     let (target_tx, target_rx) = watch::channel(match engine_kind {
         EngineKind::Docker => apps::stored_target(&apps_settings),
         EngineKind::Native => None,
@@ -150,6 +163,18 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                     let (settings, target) = (apps_settings.clone(), target_tx.borrow().clone());
                     tokio::spawn(async move {
                         let _ = reply.send(apps::restart_service(&settings, target, &service).await);
+                    });
+                }
+                Command::StopService(service, reply) => {
+                    let (settings, target) = (apps_settings.clone(), target_tx.borrow().clone());
+                    tokio::spawn(async move {
+                        let _ = reply.send(apps::stop_service(&settings, target, &service).await);
+                    });
+                }
+                Command::StartService(service, reply) => {
+                    let (settings, target) = (apps_settings.clone(), target_tx.borrow().clone());
+                    tokio::spawn(async move {
+                        let _ = reply.send(apps::start_service(&settings, target, &service).await);
                     });
                 }
                 Command::ServiceLogs(service, lines, reply) => {
@@ -213,9 +238,22 @@ fn initial_status(os_release: &Path) -> Status {
     }
 }
 
-async fn mirror_engine_status(mut rx: watch::Receiver<EngineStatus>, api: StatusHandle) {
+/// Mirrors the engine status onto D-Bus, and wakes the apps applier when
+/// the engine comes (back) up: after a restart or a store recovery the
+/// release is re-checked at once, not at the applier's next retry.
+async fn mirror_engine_status(
+    mut rx: watch::Receiver<EngineStatus>,
+    api: StatusHandle,
+    kick: std::sync::Arc<tokio::sync::Notify>,
+) {
+    let mut was_up = false;
     loop {
         let engine = rx.borrow_and_update().clone();
+        let up = engine.state == EngineState::Up;
+        if up && !was_up {
+            kick.notify_one();
+        }
+        was_up = up;
         let result = api
             .update(|s| {
                 s.engine_state = engine.state.as_str().to_owned();

@@ -23,9 +23,11 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
-    ListNetworksOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
+    ListNetworksOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions, RestartContainerOptions,
+    StopContainerOptions,
 };
 use containeros_apps::engine::{ContainerSpec, Engine, EngineError, EngineResult, ErrorKind, PullProgress};
+use containeros_apps::locks;
 use containeros_apps::plan::{
     ContainerState, Health, LABEL_RELEASE, Observed, ObservedContainer, ObservedNetwork,
 };
@@ -72,12 +74,6 @@ fn error(operation: &'static str, target: &str, e: bollard::errors::Error) -> En
         target: target.to_owned(),
         message,
     }
-}
-
-fn image_reference(image: &ImageRef) -> String {
-    image
-        .by_digest()
-        .unwrap_or_else(|| format!("{}:{}", image.name(), image.tag.as_deref().unwrap_or("latest")))
 }
 
 fn label_filter() -> Option<HashMap<String, Vec<String>>> {
@@ -193,7 +189,7 @@ impl Engine for DockerApps {
         image: &ImageRef,
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> EngineResult<()> {
-        let reference = image_reference(image);
+        let reference = image.engine_reference();
         let options = CreateImageOptions {
             from_image: Some(reference.clone()),
             ..Default::default()
@@ -360,6 +356,20 @@ impl Engine for DockerApps {
             .map_err(|e| error("remove container", container, e))
     }
 
+    async fn remove_image(&self, reference: &str) -> EngineResult<()> {
+        // Not forced: the engine refuses (409) while any container uses it.
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..Default::default()
+        };
+        self.docker
+            .remove_image(reference, Some(options), None)
+            .await
+            .map(drop)
+            .map_err(|e| error("remove image", reference, e))
+    }
+
     async fn inspect(&self, container: &str) -> EngineResult<ObservedContainer> {
         let c = self
             .docker
@@ -432,7 +442,7 @@ impl Engine for DockerApps {
 fn container_body(spec: &ContainerSpec<'_>) -> (ContainerCreateBody, Vec<(String, Vec<String>)>) {
     let s = spec.service;
     let release = spec.release;
-    let binds: Vec<String> = s
+    let mut binds: Vec<String> = s
         .volumes
         .iter()
         .map(|m| {
@@ -447,6 +457,11 @@ fn container_body(spec: &ContainerSpec<'_>) -> (ContainerCreateBody, Vec<(String
             format!("{source}:{}{mode}", m.target)
         })
         .collect();
+    let mut env: Vec<String> = s.environment.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(dir) = &spec.lock_dir {
+        binds.push(format!("{}:{}", dir.display(), locks::MOUNT));
+        env.push(format!("{}={}/{}", locks::ENV, locks::MOUNT, locks::FILE));
+    }
     let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &s.ports {
         let key = format!("{}/{}", p.target, p.protocol.as_str());
@@ -554,10 +569,10 @@ fn container_body(spec: &ContainerSpec<'_>) -> (ContainerCreateBody, Vec<(String
         ..Default::default()
     };
     let body = ContainerCreateBody {
-        image: Some(image_reference(&s.image)),
+        image: Some(s.image.engine_reference()),
         cmd: s.command.clone(),
         entrypoint: s.entrypoint.clone(),
-        env: Some(s.environment.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(env),
         user: s.user.clone(),
         working_dir: s.working_dir.clone(),
         hostname: s.hostname.clone(),

@@ -11,6 +11,7 @@
 pub mod apps;
 pub mod docker;
 pub mod status;
+pub mod store;
 pub mod supervisor;
 
 pub use apps::DockerApps;

@@ -6,19 +6,23 @@
 //! by a backoff that doubles from `restart_backoff` up to
 //! `restart_backoff_max`, and after `max_restarts` of them the agent stops
 //! restarting and reports the engine *failed* (a later successful ping, or a
-//! restart asked for over D-Bus, starts over). Every decision is logged and
-//! published in [`EngineStatus`].
+//! restart asked for over D-Bus, starts over) — unless engine-store recovery
+//! is on (`engine.recover_store`): then, once per outage, the store is moved
+//! aside and the engine started empty ([`crate::store`]) before giving up.
+//! Every decision is logged and published in [`EngineStatus`].
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containeros_config::EngineSection;
-use containeros_systemd::UnitManager;
+use containeros_systemd::{JobOutcome, UnitManager, UnitManagerError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::status::{EngineInfo, EngineState, EngineStatus};
+use crate::store;
 
 /// Asks the engine whether it is alive and who it is.
 pub trait Probe {
@@ -30,6 +34,9 @@ pub trait Restarter {
     /// What is restarted, for messages ("docker.service").
     fn target(&self) -> &str;
     fn restart(&self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Stops the engine, moves its store aside keeping the named volumes,
+    /// and starts it again; says what it did.
+    fn recover_store(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 /// A restart asked for from outside (D-Bus); the answer says how it went.
@@ -43,6 +50,8 @@ pub struct Policy {
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
     pub max_restarts: u32,
+    /// Move a broken store aside once the restarts are used up.
+    pub recover_store: bool,
 }
 
 impl Policy {
@@ -53,6 +62,7 @@ impl Policy {
             restart_backoff: engine.restart_backoff.get(),
             restart_backoff_max: engine.restart_backoff_max.get(),
             max_restarts: engine.max_restarts.get(),
+            recover_store: engine.recover_store,
         }
     }
 
@@ -76,6 +86,9 @@ pub enum Decision {
     Restart {
         attempt: u32,
     },
+    /// The restarts are used up: move the engine's store aside and start
+    /// it empty.
+    RecoverStore,
 }
 
 /// The policy's state: pure, driven by ping results and the time.
@@ -86,6 +99,8 @@ pub struct Supervisor {
     failures: u32,
     attempts: u32,
     not_before: Option<Instant>,
+    /// Store recovery was tried in this outage.
+    recovered: bool,
     status: EngineStatus,
 }
 
@@ -97,6 +112,7 @@ impl Supervisor {
             failures: 0,
             attempts: 0,
             not_before: None,
+            recovered: false,
             status: EngineStatus::default(),
         }
     }
@@ -112,6 +128,7 @@ impl Supervisor {
         self.failures = 0;
         self.attempts = 0;
         self.not_before = None;
+        self.recovered = false;
         self.status.state = EngineState::Up;
         self.status.info = Some(info);
         self.status.last_error.clear();
@@ -144,13 +161,36 @@ impl Supervisor {
             self.status.last_error = down;
             return Decision::Nothing;
         }
+        if self.attempts >= self.policy.max_restarts && self.policy.recover_store && !self.recovered {
+            if self.not_before.is_some_and(|t| now < t) {
+                self.status.state = EngineState::Down;
+                self.status.last_error = down;
+                return Decision::Nothing;
+            }
+            self.recovered = true;
+            error!(
+                restarts = self.attempts,
+                "{down}; {} restarts did not help: recovering the engine store (engine.recover_store): \
+                 moving it aside, keeping named volumes, re-creating the release from the registry",
+                self.attempts
+            );
+            self.status.state = EngineState::Restarting;
+            self.status.restarts = self.status.restarts.saturating_add(1);
+            self.status.last_error = format!("{down}; recovering the engine store");
+            return Decision::RecoverStore;
+        }
         if self.attempts >= self.policy.max_restarts {
             if was != EngineState::Failed {
                 error!(
                     restarts = self.attempts,
-                    "{down}; giving up after {} restarts (engine.max_restarts); \
+                    "{down}; giving up after {} restarts (engine.max_restarts){}; \
                      call RestartEngine or fix the engine",
-                    self.attempts
+                    self.attempts,
+                    if self.recovered {
+                        " and a store recovery"
+                    } else {
+                        ""
+                    }
                 );
             }
             self.status.state = EngineState::Failed;
@@ -200,6 +240,8 @@ pub struct SystemdRestarter {
     /// How long a restart job may take (systemd's own start timeout is 90 s
     /// by default; the job ends before that).
     job_timeout: Duration,
+    /// The engine's data-root, for store recovery.
+    data_root: Option<PathBuf>,
 }
 
 impl SystemdRestarter {
@@ -208,6 +250,24 @@ impl SystemdRestarter {
             manager,
             unit: unit.to_owned(),
             job_timeout: Duration::from_secs(180),
+            data_root: None,
+        }
+    }
+
+    /// Enables [`Restarter::recover_store`] on the store at `data_root`.
+    pub fn with_store(mut self, data_root: &Path) -> Self {
+        self.data_root = Some(data_root.to_owned());
+        self
+    }
+
+    fn ended(&self, verb: &str, outcome: Result<JobOutcome, UnitManagerError>) -> Result<(), String> {
+        match outcome {
+            Ok(outcome) if outcome.is_done() => Ok(()),
+            Ok(outcome) => Err(format!(
+                "{verb} job of {} ended with \"{}\"",
+                self.unit, outcome.0
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -218,14 +278,47 @@ impl Restarter for SystemdRestarter {
     }
 
     async fn restart(&self) -> Result<(), String> {
-        match self.manager.restart(&self.unit, self.job_timeout).await {
-            Ok(outcome) if outcome.is_done() => Ok(()),
-            Ok(outcome) => Err(format!(
-                "restart job of {} ended with \"{}\"",
-                self.unit, outcome.0
-            )),
-            Err(e) => Err(e.to_string()),
-        }
+        self.ended(
+            "restart",
+            self.manager.restart(&self.unit, self.job_timeout).await,
+        )
+    }
+
+    async fn recover_store(&self) -> Result<String, String> {
+        let data_root = self
+            .data_root
+            .clone()
+            .ok_or("no engine store is configured (engine.data_root)")?;
+        self.ended("stop", self.manager.stop(&self.unit, self.job_timeout).await)?;
+        let moved = tokio::task::spawn_blocking(move || store::move_aside(&data_root))
+            .await
+            .map_err(|e| format!("store recovery stopped: {e}"))?;
+        let recovered = match moved {
+            Ok(r) => r,
+            Err(e) => {
+                // Whatever happened, the engine must run again.
+                let _ = self.manager.restart(&self.unit, self.job_timeout).await;
+                return Err(e);
+            }
+        };
+        error!(
+            broken = %recovered.broken.display(),
+            volumes = ?recovered.volumes,
+            "engine store moved aside; named volumes kept; starting the engine empty"
+        );
+        self.ended("start", self.manager.restart(&self.unit, self.job_timeout).await)?;
+        // The broken store only takes space now; remove it behind.
+        let broken = recovered.broken.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store::remove_broken(&broken) {
+                warn!("{e}; remove it by hand to free the space");
+            }
+        });
+        Ok(format!(
+            "engine store moved aside to {}, {} named volume(s) kept",
+            recovered.broken.display(),
+            recovered.volumes.len()
+        ))
     }
 }
 
@@ -267,6 +360,28 @@ pub async fn supervise<P, R>(
         };
         publish(&status, supervisor.status());
 
+        if decision == Decision::RecoverStore {
+            let outcome = match &restarter {
+                Some(r) => r.recover_store().await,
+                None => Err("no engine unit is configured (engine.unit)".to_owned()),
+            };
+            match outcome {
+                Ok(done) => {
+                    error!("engine store recovered: {done}");
+                    match probe.probe().await {
+                        Ok(info) => supervisor.ping_ok(info),
+                        Err(problem) => supervisor.restart_failed(format!(
+                            "engine store recovered ({done}) but the engine does not answer yet: {problem}"
+                        )),
+                    }
+                }
+                Err(problem) => {
+                    error!("engine store recovery failed: {problem}");
+                    supervisor.restart_failed(format!("engine store recovery failed: {problem}"));
+                }
+            }
+            publish(&status, supervisor.status());
+        }
         if let Decision::Restart { attempt } = decision {
             let outcome = match &restarter {
                 Some(r) => {

@@ -1,5 +1,5 @@
 //! The part of systemd's `org.freedesktop.systemd1.Manager` D-Bus API the
-//! agent uses: `Subscribe`, `RestartUnit` and the `JobRemoved` signal that
+//! agent uses: `Subscribe`, `RestartUnit`, `StopUnit` and the `JobRemoved` signal that
 //! tells how the job ended. Restarting through the API (rather than spawning
 //! `systemctl`) gives the job's real result and needs no extra binary.
 
@@ -21,6 +21,9 @@ pub trait Manager {
     /// Queues a restart job for `name`; returns the job's object path.
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    /// Queues a stop job for `name`; returns the job's object path.
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
@@ -29,16 +32,21 @@ pub trait Manager {
 pub enum UnitManagerError {
     #[error("cannot subscribe to systemd's signals on the bus: {0}")]
     Subscribe(#[source] zbus::Error),
-    #[error("systemd refused to restart {unit}: {source}")]
-    Restart {
+    #[error("systemd refused to {verb} {unit}: {source}")]
+    Refused {
+        verb: &'static str,
         unit: String,
         #[source]
         source: zbus::Error,
     },
-    #[error("restart job of {unit} did not finish within {timeout:?}")]
-    JobTimeout { unit: String, timeout: Duration },
-    #[error("lost systemd's job signals while restarting {unit}")]
-    SignalsLost { unit: String },
+    #[error("{verb} job of {unit} did not finish within {timeout:?}")]
+    JobTimeout {
+        verb: &'static str,
+        unit: String,
+        timeout: Duration,
+    },
+    #[error("lost systemd's job signals during the {verb} job of {unit}")]
+    SignalsLost { verb: &'static str, unit: String },
 }
 
 /// How a systemd job ended: `done`, `canceled`, `timeout`, `failed`,
@@ -65,9 +73,24 @@ impl UnitManager {
         })
     }
 
-    /// Restarts `unit` (mode `replace`) and waits up to `timeout` for the
-    /// job to finish, returning its result.
+    /// Restarts `unit` (mode `replace`; starts it when stopped) and waits up
+    /// to `timeout` for the job to finish, returning its result.
     pub async fn restart(&self, unit: &str, timeout: Duration) -> Result<JobOutcome, UnitManagerError> {
+        self.job("restart", unit, timeout).await
+    }
+
+    /// Stops `unit` (mode `replace`) and waits up to `timeout` for the job
+    /// to finish, returning its result.
+    pub async fn stop(&self, unit: &str, timeout: Duration) -> Result<JobOutcome, UnitManagerError> {
+        self.job("stop", unit, timeout).await
+    }
+
+    async fn job(
+        &self,
+        verb: &'static str,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<JobOutcome, UnitManagerError> {
         self.proxy
             .subscribe()
             .await
@@ -78,14 +101,15 @@ impl UnitManager {
             .receive_job_removed()
             .await
             .map_err(UnitManagerError::Subscribe)?;
-        let job =
-            self.proxy
-                .restart_unit(unit, "replace")
-                .await
-                .map_err(|source| UnitManagerError::Restart {
-                    unit: unit.to_owned(),
-                    source,
-                })?;
+        let queued = match verb {
+            "stop" => self.proxy.stop_unit(unit, "replace").await,
+            _ => self.proxy.restart_unit(unit, "replace").await,
+        };
+        let job = queued.map_err(|source| UnitManagerError::Refused {
+            verb,
+            unit: unit.to_owned(),
+            source,
+        })?;
         let wait = async {
             while let Some(signal) = removed.next().await {
                 let Ok(args) = signal.args() else { continue };
@@ -94,12 +118,14 @@ impl UnitManager {
                 }
             }
             Err(UnitManagerError::SignalsLost {
+                verb,
                 unit: unit.to_owned(),
             })
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(result) => result,
             Err(_elapsed) => Err(UnitManagerError::JobTimeout {
+                verb,
                 unit: unit.to_owned(),
                 timeout,
             }),

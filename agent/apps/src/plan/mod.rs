@@ -34,6 +34,11 @@
 //! 8. remove the release's networks that the release no longer has (not
 //!    while an update is deferred: its old container may use one).
 //!
+//! A held-stopped service ([`Holds::stopped`]) is kept created but not
+//! running: its running container is stopped, an update still replaces
+//! its container (created, not started), and its dependents start without
+//! waiting for it.
+//!
 //! Update locks defer the *replacement* of a running container: while a
 //! service's lock is held and younger than the timeout (the release's
 //! `update_lock_timeout`, else the agent's), that service gets no steps
@@ -154,12 +159,35 @@ pub struct UpdateLocks {
     pub default_timeout: std::time::Duration,
 }
 
+/// What the device holds back from the release: update locks, and services
+/// an operator stopped (`containeros apps stop`), which stay stopped —
+/// across reconciles, engine restarts, reboots and updates that keep the
+/// service — until started again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds {
+    pub locks: UpdateLocks,
+    pub stopped: BTreeSet<String>,
+}
+
+impl From<UpdateLocks> for Holds {
+    fn from(locks: UpdateLocks) -> Self {
+        Self {
+            locks,
+            stopped: BTreeSet::new(),
+        }
+    }
+}
+
 /// The planner's answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
     /// Services whose update waits for their lock.
     pub deferred: Vec<Deferred>,
+    /// Running containers are stopped and removed before the first pull
+    /// (`kill-then-download`) to free their storage: free space is judged
+    /// at the pull, not before the plan starts.
+    pub frees_before_pull: bool,
 }
 
 impl Plan {
@@ -251,6 +279,8 @@ struct ServiceState<'a> {
     start: bool,
     /// The start replaces a running container: strategy and lock apply.
     replacing: bool,
+    /// Stopped by an operator: created, never started.
+    held: bool,
     deferred: bool,
     strategy: UpdateStrategy,
 }
@@ -271,8 +301,9 @@ impl ServiceState<'_> {
 }
 
 /// Plans the steps that make `observed` match `target` at time `now`.
-pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: SystemTime) -> Plan {
+pub fn plan(target: &Release, observed: &Observed, holds: &Holds, now: SystemTime) -> Plan {
     let release = target.name.as_str();
+    let locks = &holds.locks;
     let lock_timeout = target
         .update_lock_timeout
         .map_or(locks.default_timeout, Duration::get);
@@ -340,12 +371,14 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
         let done_one_shot = |c: &ObservedContainer| {
             one_shots.contains(name) && c.state == ContainerState::Exited && c.exit_code == Some(0)
         };
-        let start = match keep {
-            None => true,
-            Some(c) => {
-                matches!(c.state, ContainerState::Created | ContainerState::Exited) && !done_one_shot(c)
-            }
-        };
+        let held = holds.stopped.contains(*name);
+        let start = !held
+            && match keep {
+                None => true,
+                Some(c) => {
+                    matches!(c.state, ContainerState::Created | ContainerState::Exited) && !done_one_shot(c)
+                }
+            };
         let replacing = start && stale.iter().any(|c| c.state.is_up());
         let lock = if replacing { lock_expiry(name) } else { None };
         let is_deferred = lock.is_some();
@@ -366,6 +399,7 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
             create,
             start,
             replacing,
+            held,
             deferred: is_deferred,
             strategy,
         });
@@ -404,7 +438,20 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
         }
     }
 
-    // 3. Stale containers no update waits on.
+    // 3. Stale containers no update waits on, and the running container of
+    // a held-stopped service.
+    for s in states.iter().rev() {
+        if s.held
+            && let Some(c) = s.keep.filter(|c| c.state.is_up())
+        {
+            steps.push(Step::StopContainer {
+                service: s.name.to_owned(),
+                container: c.id.clone(),
+                grace: s.service.stop_grace_period,
+                signal: s.service.stop_signal.clone(),
+            });
+        }
+    }
     for s in states.iter().rev().filter(|s| !s.replacing) {
         for c in &s.stale {
             stop_and_remove(
@@ -423,11 +470,13 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
     };
 
     // 4. Old containers of kill-then-download services, before any pull.
+    let mut frees_before_pull = false;
     for s in states
         .iter()
         .rev()
         .filter(replaced_with(UpdateStrategy::KillThenDownload))
     {
+        frees_before_pull = true;
         stop_and_remove_all(&mut steps, s);
     }
 
@@ -451,7 +500,7 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
 
     // 7. Create and start in dependency order.
     let mut waited: BTreeSet<(&str, Condition)> = BTreeSet::new();
-    for s in states.iter().filter(active).filter(|s| s.start) {
+    for s in states.iter().filter(active).filter(|s| s.start || s.create) {
         if s.create {
             steps.push(Step::CreateContainer {
                 service: s.name.to_owned(),
@@ -459,10 +508,16 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
                 config_hash: s.hash.clone(),
             });
         }
+        if !s.start {
+            continue;
+        }
         for (dep, condition) in &s.service.depends_on {
             let Some(container) = after.get(dep.as_str()) else {
                 continue;
             };
+            if holds.stopped.contains(dep.as_str()) {
+                continue;
+            }
             if waited.insert((dep.as_str(), *condition)) {
                 steps.push(wait(*condition, dep, container.clone()));
             }
@@ -506,7 +561,11 @@ pub fn plan(target: &Release, observed: &Observed, locks: &UpdateLocks, now: Sys
         }
     }
 
-    Plan { steps, deferred }
+    Plan {
+        steps,
+        deferred,
+        frees_before_pull,
+    }
 }
 
 impl std::fmt::Display for Step {

@@ -191,7 +191,7 @@ impl<'r> Engine<'r> {
 
 /// The state after installing `target` on an empty engine.
 fn installed(target: &Release) -> Observed {
-    let p = plan(target, &Observed::default(), &no_locks(), T0);
+    let p = plan(target, &Observed::default(), &no_locks().into(), T0);
     let mut engine = Engine::new(target, Observed::default());
     engine.apply_all(&p.steps);
     engine.observed
@@ -268,7 +268,7 @@ fn pull(reference: &str) -> Step {
 #[test]
 fn first_install_creates_everything_in_dependency_order() {
     let t = three("web:1", "download-then-kill");
-    let p = plan(&t, &Observed::default(), &no_locks(), T0);
+    let p = plan(&t, &Observed::default(), &no_locks().into(), T0);
     let (db, api, web) = (name_of(&t, "db"), name_of(&t, "api"), name_of(&t, "web"));
     assert!(
         db.starts_with("app_db_") && db.len() == "app_db_".len() + 12,
@@ -298,7 +298,7 @@ fn first_install_creates_everything_in_dependency_order() {
     );
     assert!(p.deferred.is_empty());
     // Installed, the same release plans nothing.
-    assert!(plan(&t, &installed(&t), &no_locks(), T0).is_converged());
+    assert!(plan(&t, &installed(&t), &no_locks().into(), T0).is_converged());
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn one_changed_service_leaves_the_others_untouched() {
     let old = three("web:1", "download-then-kill");
     let new = three("web:2", "download-then-kill");
     let observed = installed(&old);
-    let p = plan(&new, &observed, &no_locks(), T0);
+    let p = plan(&new, &observed, &no_locks().into(), T0);
     let old_web = id_of(&observed, "web");
     assert_eq!(
         p.steps,
@@ -336,7 +336,7 @@ fn a_new_release_version_with_the_same_services_changes_nothing() {
     let old = three("web:1", "download-then-kill");
     let mut new = old.clone();
     new.version = "2.0".parse().unwrap_or_else(|e| panic!("{e}"));
-    assert!(plan(&new, &installed(&old), &no_locks(), T0).is_converged());
+    assert!(plan(&new, &installed(&old), &no_locks().into(), T0).is_converged());
 }
 
 #[test]
@@ -366,7 +366,7 @@ volumes:
 "
     ));
     let observed = installed(&old);
-    let p = plan(&new, &observed, &no_locks(), T0);
+    let p = plan(&new, &observed, &no_locks().into(), T0);
     let old_db = id_of(&observed, "db");
     let db = name_of(&new, "db");
     assert_eq!(
@@ -389,7 +389,7 @@ fn hand_over_starts_the_new_container_before_stopping_the_old() {
         api.environment.insert("MODE".into(), "fast".into());
     }
     let observed = installed(&old);
-    let p = plan(&new, &observed, &no_locks(), T0);
+    let p = plan(&new, &observed, &no_locks().into(), T0);
     let old_api = id_of(&observed, "api");
     let api = name_of(&new, "api");
     assert_ne!(api, name_of(&old, "api"), "the two containers must not clash");
@@ -415,7 +415,7 @@ fn hand_over_with_published_ports_falls_back_to_download_then_kill() {
     };
     let (old, new) = (release(&text("1")), release(&text("2")));
     let observed = installed(&old);
-    let p = plan(&new, &observed, &no_locks(), T0);
+    let p = plan(&new, &observed, &no_locks().into(), T0);
     let old_web = id_of(&observed, "web");
     assert_eq!(
         p.steps,
@@ -439,7 +439,7 @@ fn a_held_lock_defers_the_update_until_it_times_out() {
         default_timeout: StdDuration::from_secs(600),
     };
     // Held for 100 s of 600: deferred, nothing touches web.
-    let p = plan(&new, &observed, &locks, at(1100));
+    let p = plan(&new, &observed, &locks.clone().into(), at(1100));
     assert_eq!(p.steps, []);
     assert_eq!(
         p.deferred,
@@ -450,16 +450,20 @@ fn a_held_lock_defers_the_update_until_it_times_out() {
         }]
     );
     // At the timeout the update proceeds as without a lock.
-    let p = plan(&new, &observed, &locks, at(1600));
+    let p = plan(&new, &observed, &locks.clone().into(), at(1600));
     assert!(p.deferred.is_empty());
-    assert_eq!(p, plan(&new, &observed, &no_locks(), at(1600)));
+    assert_eq!(p, plan(&new, &observed, &no_locks().into(), at(1600)));
     // The release's update_lock_timeout overrides the agent's.
     let mut short = new.clone();
     short.update_lock_timeout = Some(Duration::from_secs(50));
-    assert!(plan(&short, &observed, &locks, at(1100)).deferred.is_empty());
+    assert!(
+        plan(&short, &observed, &locks.clone().into(), at(1100))
+            .deferred
+            .is_empty()
+    );
     // A lock never defers a first install.
     assert!(
-        plan(&new, &Observed::default(), &locks, at(1100))
+        plan(&new, &Observed::default(), &locks.clone().into(), at(1100))
             .deferred
             .is_empty()
     );
@@ -477,7 +481,7 @@ fn a_lock_defers_only_its_service_and_dependents_wait_on_the_old_container() {
         held: BTreeMap::from([("api".to_owned(), at(0))]),
         default_timeout: StdDuration::from_secs(600),
     };
-    let p = plan(&new, &observed, &locks, at(10));
+    let p = plan(&new, &observed, &locks.clone().into(), at(10));
     let old_web = id_of(&observed, "web");
     assert_eq!(p.deferred.len(), 1);
     assert_eq!(
@@ -513,7 +517,7 @@ volumes:
     );
     let new = release("services:\n  web:\n    image: web:1\n    networks: [front]\nnetworks:\n  front:\n");
     let observed = installed(&old);
-    let p = plan(&new, &observed, &no_locks(), T0);
+    let p = plan(&new, &observed, &no_locks().into(), T0);
     let cache = id_of(&observed, "cache");
     assert_eq!(
         p.steps,
@@ -539,7 +543,7 @@ fn a_held_lock_defers_the_removal_of_a_service_and_of_its_network() {
         held: BTreeMap::from([("job".to_owned(), at(0))]),
         default_timeout: StdDuration::from_secs(60),
     };
-    let p = plan(&new, &observed, &locks, at(59));
+    let p = plan(&new, &observed, &locks.clone().into(), at(59));
     assert_eq!(p.steps, []);
     assert_eq!(
         p.deferred.iter().map(|d| d.service.as_str()).collect::<Vec<_>>(),
@@ -547,7 +551,7 @@ fn a_held_lock_defers_the_removal_of_a_service_and_of_its_network() {
     );
     let job = id_of(&observed, "job");
     assert_eq!(
-        plan(&new, &observed, &locks, at(60)).steps,
+        plan(&new, &observed, &locks.clone().into(), at(60)).steps,
         [
             stop("job", &job, 10, None),
             remove("job", &job),
@@ -599,7 +603,7 @@ fn duplicate_containers_are_reduced_to_one() {
     old.labels
         .insert(LABEL_CONFIG_HASH.into(), "0123456789abcdef".into());
     observed.containers.extend([copy, old]);
-    let p = plan(&t, &observed, &no_locks(), T0);
+    let p = plan(&t, &observed, &no_locks().into(), T0);
     assert_eq!(
         p.steps,
         [
@@ -621,7 +625,7 @@ fn a_stopped_container_is_started_again() {
             c.exit_code = Some(137);
         }
     }
-    let p = plan(&t, &observed, &no_locks(), T0);
+    let p = plan(&t, &observed, &no_locks().into(), T0);
     assert_eq!(
         p.steps,
         [wait_healthy("db", &id_of(&observed, "db")), start("api", &api)]
@@ -647,7 +651,7 @@ fn a_completed_one_shot_is_left_stopped() {
         .find(|c| c.labels.get(LABEL_SERVICE).map(String::as_str) == Some("migrate"))
         .map(|c| (c.state, c.exit_code));
     assert_eq!(migrate, Some((ContainerState::Exited, Some(0))));
-    assert!(plan(&t, &observed, &no_locks(), T0).is_converged());
+    assert!(plan(&t, &observed, &no_locks().into(), T0).is_converged());
 }
 
 #[test]
@@ -660,7 +664,7 @@ fn dead_containers_are_replaced() {
             c.state = ContainerState::Dead;
         }
     }
-    let p = plan(&t, &observed, &no_locks(), T0);
+    let p = plan(&t, &observed, &no_locks().into(), T0);
     assert_eq!(
         p.steps,
         [
@@ -681,7 +685,7 @@ fn containers_of_other_releases_are_ignored() {
         c.name = format!("other-{}", c.name);
     }
     observed.networks.clear();
-    let p = plan(&t, &observed, &no_locks(), T0);
+    let p = plan(&t, &observed, &no_locks().into(), T0);
     let created = p
         .steps
         .iter()
@@ -740,15 +744,15 @@ fn scenarios() -> Vec<(&'static str, Observed, Release)> {
 #[test]
 fn replanning_after_every_prefix_converges() {
     for (name, before, target) in scenarios() {
-        let p = plan(&target, &before, &no_locks(), T0);
+        let p = plan(&target, &before, &no_locks().into(), T0);
         assert!(!p.steps.is_empty(), "{name}: nothing to do");
         for k in 0..=p.steps.len() {
             // The agent dies after k steps, restarts, re-plans, finishes.
             let mut engine = Engine::new(&target, before.clone());
             engine.apply_all(&p.steps[..k]);
-            let again = plan(&target, &engine.observed, &no_locks(), T0);
+            let again = plan(&target, &engine.observed, &no_locks().into(), T0);
             engine.apply_all(&again.steps);
-            let last = plan(&target, &engine.observed, &no_locks(), T0);
+            let last = plan(&target, &engine.observed, &no_locks().into(), T0);
             assert!(
                 last.is_converged(),
                 "{name}, crash after {k} steps: still {:?}",
@@ -772,4 +776,89 @@ fn replanning_after_every_prefix_converges() {
             }
         }
     }
+}
+
+fn holding_stopped(services: &[&str]) -> Holds {
+    Holds {
+        locks: no_locks(),
+        stopped: services.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn a_held_stopped_service_is_stopped_and_never_started_again() {
+    let t = three("web:1", "download-then-kill");
+    let observed = installed(&t);
+    let web = id_of(&observed, "web");
+    let holds = holding_stopped(&["web"]);
+    // Running: stopped with its own grace and signal, nothing else.
+    let p = plan(&t, &observed, &holds, T0);
+    assert_eq!(p.steps, [stop("web", &web, 3, Some("SIGINT"))]);
+    let mut engine = Engine::new(&t, observed.clone());
+    engine.apply_all(&p.steps);
+    // Stopped: the periodic reconcile leaves it stopped (without the hold
+    // it would start it again).
+    assert!(plan(&t, &engine.observed, &holds, T0).is_converged());
+    let api = id_of(&observed, "api");
+    assert_eq!(
+        plan(&t, &engine.observed, &no_locks().into(), T0).steps,
+        [wait_started("api", &api), start("web", &web)]
+    );
+}
+
+#[test]
+fn an_update_replaces_a_held_stopped_container_without_starting_it() {
+    let old = three("web:1", "download-then-kill");
+    let new = three("web:2", "download-then-kill");
+    let mut observed = installed(&old);
+    let old_web = id_of(&observed, "web");
+    for c in &mut observed.containers {
+        if c.id == old_web {
+            c.state = ContainerState::Exited;
+        }
+    }
+    let p = plan(&new, &observed, &holding_stopped(&["web"]), T0);
+    assert_eq!(
+        p.steps,
+        [remove("web", &old_web), pull("web:2"), create(&new, "web")]
+    );
+    let mut engine = Engine::new(&new, observed);
+    engine.apply_all(&p.steps);
+    assert!(plan(&new, &engine.observed, &holding_stopped(&["web"]), T0).is_converged());
+}
+
+#[test]
+fn dependents_of_a_held_stopped_service_start_without_waiting_for_it() {
+    let t = three("web:1", "download-then-kill");
+    // First install with db held stopped: db is created, not started, and
+    // api starts without waiting for db's health.
+    let p = plan(&t, &Observed::default(), &holding_stopped(&["db"]), T0);
+    let (db, api) = (name_of(&t, "db"), name_of(&t, "api"));
+    assert!(p.steps.contains(&create(&t, "db")));
+    assert!(!p.steps.contains(&start("db", &db)));
+    assert!(!p.steps.contains(&wait_healthy("db", &db)));
+    assert!(p.steps.contains(&start("api", &api)));
+    let mut engine = Engine::new(&t, Observed::default());
+    engine.apply_all(&p.steps);
+    assert!(plan(&t, &engine.observed, &holding_stopped(&["db"]), T0).is_converged());
+}
+
+#[test]
+fn only_kill_then_download_frees_storage_before_pulling() {
+    for (strategy, frees) in [
+        ("download-then-kill", false),
+        ("hand-over", false),
+        ("kill-then-download", true),
+    ] {
+        let old = three("web:1", strategy);
+        let mut new = three("web:1", strategy);
+        new.services.get_mut("api").expect("api").image = image("api:2");
+        let p = plan(&new, &installed(&old), &no_locks().into(), T0);
+        assert_eq!(p.frees_before_pull, frees, "{strategy}");
+    }
+    // db is kill-then-download in every variant.
+    let old = three("web:1", "download-then-kill");
+    let mut new = old.clone();
+    new.services.get_mut("db").expect("db").image = image("db:2");
+    assert!(plan(&new, &installed(&old), &no_locks().into(), T0).frees_before_pull);
 }

@@ -41,6 +41,13 @@ impl ImageRef {
         self.digest.as_ref().map(|d| format!("{}@{d}", self.name()))
     }
 
+    /// The reference the engine pulls and stores the image under:
+    /// `name@digest` when pinned, else `name:tag` (`latest` by default).
+    pub fn engine_reference(&self) -> String {
+        self.by_digest()
+            .unwrap_or_else(|| format!("{}:{}", self.name(), self.tag.as_deref().unwrap_or("latest")))
+    }
+
     /// Whether the reference names exactly one image (by digest).
     pub fn is_pinned(&self) -> bool {
         self.digest.is_some()

@@ -9,6 +9,7 @@ fn policy() -> Policy {
         restart_backoff: Duration::from_secs(5),
         restart_backoff_max: Duration::from_secs(60),
         max_restarts: 3,
+        recover_store: false,
     }
 }
 
@@ -103,6 +104,57 @@ fn a_requested_restart_rearms_after_giving_up() {
     assert!(s.status().last_error.contains("restart requested"));
 }
 
+#[test]
+fn store_recovery_comes_once_per_outage_after_the_restarts() {
+    use Decision::*;
+    use EngineState::*;
+    let policy = Policy {
+        recover_store: true,
+        ..policy()
+    };
+    let rows: &[(u64, bool, Decision, EngineState)] = &[
+        (0, true, Nothing, Up),
+        (10, false, Nothing, Up),
+        (20, false, Nothing, Up),
+        (30, false, Restart { attempt: 1 }, Restarting),
+        (36, false, Restart { attempt: 2 }, Restarting),
+        (46, false, Restart { attempt: 3 }, Restarting),
+        // still inside the last backoff (20 s from 46)
+        (60, false, Nothing, Down),
+        // restarts used up: one recovery of the store
+        (70, false, RecoverStore, Restarting),
+        // it did not help either: give up
+        (80, false, Nothing, Failed),
+        (90, false, Nothing, Failed),
+        // up again: a later outage may recover again
+        (100, true, Nothing, Up),
+        (110, false, Nothing, Up),
+        (120, false, Nothing, Up),
+        (130, false, Restart { attempt: 1 }, Restarting),
+        (140, false, Restart { attempt: 2 }, Restarting),
+        (160, false, Restart { attempt: 3 }, Restarting),
+        (200, false, RecoverStore, Restarting),
+    ];
+    let start = Instant::now();
+    let mut s = Supervisor::new(policy, true);
+    for (i, (at, ok, decision, state)) in rows.iter().enumerate() {
+        let now = start + Duration::from_secs(*at);
+        let got = if *ok {
+            s.ping_ok(info());
+            Nothing
+        } else {
+            let d = s.ping_failed("connection refused".into(), now);
+            if d != Nothing {
+                s.restart_failed("still down".into());
+                s.status.state = Restarting;
+            }
+            d
+        };
+        assert_eq!((got, s.status().state), (*decision, *state), "row {i} at {at}s");
+    }
+    assert!(s.status().last_error.contains("still down"));
+}
+
 #[derive(Clone, Default)]
 struct Fake {
     /// The engine is up unless this is false.
@@ -132,6 +184,10 @@ impl Restarter for Fake {
             *self.up.lock().expect("lock") = true;
         }
         Ok(())
+    }
+    async fn recover_store(&self) -> Result<String, String> {
+        *self.up.lock().expect("lock") = true;
+        Ok("moved aside".into())
     }
 }
 
