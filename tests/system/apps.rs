@@ -26,6 +26,28 @@ pub fn docker(device: &Device, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `docker` that may fail: the agent may remove a container between a
+/// listing and a look at it.
+pub fn try_docker(device: &Device, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", device.dockerd.socket().display()))
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+pub fn running(device: &Device, container: &str) -> bool {
+    try_docker(device, &["inspect", "-f", "{{.State.Running}}", container]).as_deref() == Some("true")
+}
+
+pub fn variant(device: &Device, container: &str) -> Option<String> {
+    try_docker(device, &["exec", container, "cat", "/variant"])
+}
+
 /// Service → container id of the release's containers (all states).
 pub fn containers(device: &Device, release: &str) -> BTreeMap<String, Vec<String>> {
     let listing = docker(
@@ -218,13 +240,12 @@ async fn killed_mid_apply_the_agent_converges_without_duplicates() {
             if !one_each {
                 return None;
             }
+            // The agent may remove a listed container before it is looked at.
             let web = &now["web"][0];
-            let running = docker(&device, &["inspect", "-f", "{{.State.Running}}", web]) == "true"
-                && docker(
-                    &device,
-                    &["inspect", "-f", "{{.State.Running}}", &now["worker"][0]],
-                ) == "true";
-            (running && docker(&device, &["exec", web, "cat", "/variant"]) == want_web).then_some(())
+            (running(&device, web)
+                && running(&device, &now["worker"][0])
+                && variant(&device, web).as_deref() == Some(want_web))
+            .then_some(())
         })
         .await;
     }

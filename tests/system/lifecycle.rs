@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use containeros_tests::{ImageSpec, TestImage, busybox_image, cli, eventually, require_image_services};
 
-use crate::apps::{apply, containers, docker};
+use crate::apps::{apply, containers, docker, running, try_docker, variant};
 use crate::device::Device;
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
@@ -28,28 +28,6 @@ fn apps(device: &Device, verb: &str, service: &str) {
         String::from_utf8_lossy(&out.stderr),
         device.agent.stderr()
     );
-}
-
-/// `docker` that may fail: the agent may remove a container between a
-/// listing and a look at it.
-fn try_docker(device: &Device, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{}", device.dockerd.socket().display()))
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn running(device: &Device, container: &str) -> bool {
-    try_docker(device, &["inspect", "-f", "{{.State.Running}}", container]).as_deref() == Some("true")
-}
-
-fn variant(device: &Device, container: &str) -> Option<String> {
-    try_docker(device, &["exec", container, "cat", "/variant"])
 }
 
 /// The only container of `service`, when there is exactly one (and the
