@@ -29,6 +29,29 @@ fn backoff_doubles_up_to_the_cap() {
     assert_eq!(p.backoff_after(200), Duration::from_secs(60));
 }
 
+/// Drives a supervisor through rows of (time in seconds, ping ok, expected
+/// decision, expected state); a restart or recovery it asks for fails.
+fn run_table(policy: Policy, rows: &[(u64, bool, Decision, EngineState)]) -> Supervisor {
+    let start = Instant::now();
+    let mut s = Supervisor::new(policy, true);
+    for (i, (at, ok, decision, state)) in rows.iter().enumerate() {
+        let now = start + Duration::from_secs(*at);
+        let got = if *ok {
+            s.ping_ok(info());
+            Decision::Nothing
+        } else {
+            let d = s.ping_failed("connection refused".into(), now);
+            if d != Decision::Nothing {
+                s.restart_failed("still down".into());
+                s.status.state = EngineState::Restarting;
+            }
+            d
+        };
+        assert_eq!((got, s.status().state), (*decision, *state), "row {i} at {at}s");
+    }
+    s
+}
+
 /// One row: a ping outcome at a time (seconds), and the expected decision
 /// and state after it.
 #[test]
@@ -55,23 +78,7 @@ fn policy_table() {
         (230, false, Nothing, Up),
         (240, false, Restart { attempt: 1 }, Restarting),
     ];
-    let start = Instant::now();
-    let mut s = Supervisor::new(policy(), true);
-    for (i, (at, ok, decision, state)) in rows.iter().enumerate() {
-        let now = start + Duration::from_secs(*at);
-        let got = if *ok {
-            s.ping_ok(info());
-            Nothing
-        } else {
-            let d = s.ping_failed("connection refused".into(), now);
-            if d != Nothing {
-                s.restart_failed("still down".into());
-                s.status.state = Restarting;
-            }
-            d
-        };
-        assert_eq!((got, s.status().state), (*decision, *state), "row {i} at {at}s");
-    }
+    let s = run_table(policy(), rows);
     assert_eq!(s.status().restarts, 4);
 }
 
@@ -135,23 +142,7 @@ fn store_recovery_comes_once_per_outage_after_the_restarts() {
         (160, false, Restart { attempt: 3 }, Restarting),
         (200, false, RecoverStore, Restarting),
     ];
-    let start = Instant::now();
-    let mut s = Supervisor::new(policy, true);
-    for (i, (at, ok, decision, state)) in rows.iter().enumerate() {
-        let now = start + Duration::from_secs(*at);
-        let got = if *ok {
-            s.ping_ok(info());
-            Nothing
-        } else {
-            let d = s.ping_failed("connection refused".into(), now);
-            if d != Nothing {
-                s.restart_failed("still down".into());
-                s.status.state = Restarting;
-            }
-            d
-        };
-        assert_eq!((got, s.status().state), (*decision, *state), "row {i} at {at}s");
-    }
+    let s = run_table(policy, rows);
     assert!(s.status().last_error.contains("still down"));
 }
 
