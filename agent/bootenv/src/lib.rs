@@ -12,11 +12,13 @@
 //! - [`bootchooser`]: RAUC-compatible `BOOT_ORDER`/`BOOT_<slot>_LEFT` logic as
 //!   pure functions over a variable map, plus [`simulate_boot_attempt`], a
 //!   model of what the boot script does on every boot.
+//! - [`tryboot`]: the Raspberry Pi firmware's `autoboot.txt` and one-shot
+//!   `tryboot` reboot flag.
 //!
-//! Both backends implement [`BootEnv`]: read every variable, or change a batch
-//! of them in a single write that is synced, read back and verified before
-//! the call returns. Either the change is on the medium or the caller gets an
-//! error and the old boot default stays:
+//! The U-Boot and GRUB backends implement [`BootEnv`]: read every variable,
+//! or change a batch of them in a single write that is synced, read back and
+//! verified before the call returns. Either the change is on the medium or
+//! the caller gets an error and the old boot default stays:
 //!
 //! ```no_run
 //! use containeros_bootenv::{BootEnv, Bootchooser, UbootEnv};
@@ -32,19 +34,40 @@
 //! # }
 //! ```
 //!
-//! Not here yet: the Raspberry Pi `tryboot` backend (`autoboot.txt` plus the
-//! `tryboot` reboot argument) comes next and will implement the same trait
-//! where it can; MTD/UBI flash devices (erase blocks, NOR obsolete flags) are
+//! [`Tryboot`] gives the same guarantees for its file but not that trait:
+//! its trial is one boot long and needs a reboot argument
+//! ([`Tryboot::REBOOT_ARGUMENT`]), which counters cannot express (the
+//! module docs say why):
+//!
+//! ```no_run
+//! use containeros_bootenv::Tryboot;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tryboot = Tryboot::new("/boot/firmware/autoboot.txt");
+//! // After writing slot B: the next reboot with the flag tries it, once.
+//! tryboot.set_trial("B")?;
+//! // ... reboot with `Tryboot::REBOOT_ARGUMENT` through logind ...
+//! // Running B with the flag, healthy: every boot loads B from now on.
+//! if tryboot.is_tryboot()? {
+//!     tryboot.commit("B")?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Not here: MTD/UBI flash devices (erase blocks, NOR obsolete flags) are
 //! refused rather than half-supported.
 
 pub mod bootchooser;
 pub mod grub;
+pub mod tryboot;
 pub mod uboot;
 
 use std::collections::BTreeMap;
 
 pub use bootchooser::{BootAttempt, Bootchooser, BootchooserError, SlotState, simulate_boot_attempt};
 pub use grub::{GrubEnv, GrubError};
+pub use tryboot::{Autoboot, Tryboot, TrybootError};
 pub use uboot::{FwEnvConfig, UbootEnv, UbootError};
 
 /// Every variable of an environment, by name.

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Install throughput against raw write speed: a 512 MiB random image
+# installed into a loop device by the agent's slot installer — streamed from
+# an HTTPS server on 127.0.0.1 (TLS, SHA-256 of every byte, fsync) and, for
+# reference, from a local file — against `dd` of the same file into the same
+# loop device. RUNS runs each (default 3), interleaved; medians are compared.
+#
+#   bench/install-vs-dd.sh [RUNS]      (needs root: losetup)
+#
+# Fair to dd: both write through the device's page cache and end durable on
+# the device — dd with `bs=1M conv=fsync` (one fsync at the end, which is
+# what the installer's final sync_all does); neither uses O_DIRECT. The image
+# is read once beforehand, so both read it from the page cache, and one
+# uncounted dd run first allocates the loop device's backing file, so no run
+# pays for that. The loop device uses direct I/O to its backing file (no
+# second page cache, closer to a real disk). Between runs only `sync`: the
+# device's page cache is kept, as dropping it made the next run's timing
+# depend on the host re-providing freed memory (seen on a Firecracker VM).
+# The installer also hashes every byte, and over HTTPS decrypts what the
+# server (another process on the same CPUs) encrypts. Times are wall-clock
+# around each command, process start included for both; CPU seconds
+# (user+sys) are printed alongside, as the bench is CPU-bound on a fast disk.
+#
+# Peak RSS of the installer process (the server runs apart) is /usr/bin/time's
+# maximum resident set size. Prints numbers only; nothing is asserted.
+# Targets (issue): installer >= 0.9 x dd over HTTPS, peak RSS <= 16 MiB.
+# Other work on the machine skews the numbers: the load average is printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+size_mib=512
+target=${CARGO_TARGET_DIR:-target}
+
+cargo build --release --locked -p containeros-update --example install-bench >/dev/null 2>&1 ||
+    cargo build --release --locked -p containeros-update --example install-bench
+bench=$target/release/examples/install-bench
+
+dir=$(mktemp -d /tmp/cos-install-bench.XXXXXX)
+loop=""
+server=""
+cleanup() {
+    [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+    [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+head -c $((size_mib << 20)) /dev/urandom >"$dir/image"
+size=$(stat -c %s "$dir/image")
+sha=$(sha256sum "$dir/image" | cut -d' ' -f1)
+truncate -s $(((size_mib + 16) << 20)) "$dir/slot"
+loop=$(losetup --find --show --direct-io=on "$dir/slot")
+
+"$bench" serve "$dir/image" "$dir" 2>"$dir/server.log" &
+server=$!
+for _ in $(seq 1 100); do
+    [ -s "$dir/port" ] && break
+    sleep 0.1
+done
+port=$(cat "$dir/port")
+url="https://127.0.0.1:$port/rootfs.ext4"
+cat "$dir/image" >/dev/null
+dd if="$dir/image" of="$loop" bs=1M conv=fsync status=none
+
+now() { date +%s.%N; }
+mibs() { awk -v s="$size" -v t="$1" 'BEGIN { printf "%.1f", s / t / 1048576 }'; }
+# One timed run of "$@": wall seconds appended to $dir/$name, CPU seconds
+# (user+sys) to $dir/$name.cpu, peak RSS (KiB) to $dir/$name.rss.
+timed() {
+    local name=$1 t0 t1
+    shift
+    sync
+    t0=$(now)
+    /usr/bin/time -f '%U %S %M' -o "$dir/time" "$@" >/dev/null
+    t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }' >>"$dir/$name"
+    awk '{ print $1 + $2 }' "$dir/time" >>"$dir/$name.cpu"
+    awk '{ print $3 }' "$dir/time" >>"$dir/$name.rss"
+}
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for run in $(seq 1 "$runs"); do
+    timed dd dd if="$dir/image" of="$loop" bs=1M conv=fsync status=none
+    timed https "$bench" install "$url" "$dir/ca.pem" "$loop" "$size" "$sha"
+    timed file "$bench" install-file "$dir/image" "$loop" "$size" "$sha"
+    printf 'run %d: dd %s MiB/s, installer https %s MiB/s (peak RSS %s KiB), installer file %s MiB/s (peak RSS %s KiB)\n' \
+        "$run" "$(mibs "$(tail -1 "$dir/dd")")" "$(mibs "$(tail -1 "$dir/https")")" "$(tail -1 "$dir/https.rss")" \
+        "$(mibs "$(tail -1 "$dir/file")")" "$(tail -1 "$dir/file.rss")"
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+median() { sort -g "$1" | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+dd_m=$(median "$dir/dd")
+https_m=$(median "$dir/https")
+file_m=$(median "$dir/file")
+rss_max=$(cat "$dir/https.rss" "$dir/file.rss" | sort -g | tail -1)
+echo
+printf '%d MiB image, %d runs, medians (loop device %s, direct I/O to its backing file):\n' "$size_mib" "$runs" "$loop"
+printf '  dd bs=1M conv=fsync:    %7s MiB/s  %.2f s wall, %.2f s CPU\n' \
+    "$(mibs "$dd_m")" "$dd_m" "$(median "$dir/dd.cpu")"
+printf '  installer, HTTPS:       %7s MiB/s  %.2f s wall, %.2f s CPU (without the server'"'"'s)  ratio to dd %.2f\n' \
+    "$(mibs "$https_m")" "$https_m" "$(median "$dir/https.cpu")" \
+    "$(awk -v a="$dd_m" -v b="$https_m" 'BEGIN { print a / b }')"
+printf '  installer, local file:  %7s MiB/s  %.2f s wall, %.2f s CPU  ratio to dd %.2f\n' \
+    "$(mibs "$file_m")" "$file_m" "$(median "$dir/file.cpu")" \
+    "$(awk -v a="$dd_m" -v b="$file_m" 'BEGIN { print a / b }')"
+printf '  installer peak RSS (max of all runs): %s KiB (%.1f MiB)\n' "$rss_max" \
+    "$(awk -v k="$rss_max" 'BEGIN { print k / 1024 }')"
