@@ -9,6 +9,7 @@ mod config;
 mod device;
 mod images;
 mod lifecycle;
+mod os;
 mod podman;
 mod policy;
 mod release;

@@ -50,5 +50,26 @@ for p in problems:
     print("FAIL: agent-dist: " + p)
 sys.exit(1 if problems else 0)
 PY
-[ $status = 0 ] && echo "PASS: agent-dist: unit, D-Bus policy and config match the recipe; native engine switch gives kind=native runtime=/usr/bin/crun unit=\"\""
+# The GRUB switch: the recipe's sed line over the [update] section.
+cp "$dist/agent.toml" "$tmp/grub.toml"
+grub=$(grep -F 's|^bootloader = .*|bootloader = "grub"|' "$recipe" | sed -e 's/^ *//' -e 's/ *\\$//' || true)
+[ -n "$grub" ] || fail "could not find the GRUB switch in the recipe"
+[ -n "$grub" ] && eval "$grub" "$tmp/grub.toml"
+python3 - "$dist/agent.toml" "$tmp/grub.toml" <<'PY' || status=1
+import sys, tomllib
+default = tomllib.load(open(sys.argv[1], "rb"))
+grub = tomllib.load(open(sys.argv[2], "rb"))
+problems = []
+if default.get("update", {}).get("bootloader") != "u-boot":
+    problems.append("default [update] bootloader is not u-boot")
+if grub.get("update", {}).get("bootloader") != "grub":
+    problems.append("the recipe's GRUB switch gives [update] %r" % grub.get("update"))
+strip = lambda c: {k: ({kk: vv for kk, vv in v.items() if kk != "bootloader"} if k == "update" else v) for k, v in c.items()}
+if strip(default) != strip(grub):
+    problems.append("the GRUB switch changed more than update.bootloader")
+for p in problems:
+    print("FAIL: agent-dist: " + p)
+sys.exit(1 if problems else 0)
+PY
+[ $status = 0 ] && echo "PASS: agent-dist: unit, D-Bus policy and config match the recipe; native engine switch gives kind=native runtime=/usr/bin/crun unit=\"\"; GRUB switch gives update.bootloader=grub"
 exit $status

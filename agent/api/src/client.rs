@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use zbus::zvariant::OwnedValue;
+use zbus::zvariant::{OwnedValue, Value};
 
-use crate::{BUS_NAME, INTERFACE, Status};
+use crate::{BUS_NAME, INSTALLER_INTERFACE, INTERFACE, InstallerStatus, Status};
 
 #[zbus::proxy(
     interface = "org.containeros.Agent1",
@@ -61,6 +61,42 @@ pub trait Apps {
         success: bool,
         error: String,
     ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.containeros.Agent1.Installer",
+    default_service = "org.containeros.Agent1",
+    default_path = "/org/containeros/Agent1",
+    gen_blocking = false
+)]
+pub trait Installer {
+    /// `options`: see [`crate::InstallOptions::to_dbus`].
+    fn install(&self, source: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
+    fn mark_good(&self) -> zbus::Result<String>;
+    fn mark_bad(&self) -> zbus::Result<String>;
+    fn rollback(&self) -> zbus::Result<String>;
+    fn reboot(&self) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn target_slot(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn bytes_done(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn bytes_total(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn last_error(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn last_result(&self) -> zbus::Result<String>;
+
+    #[zbus(signal)]
+    fn progress(&self, state: String, done: u64, total: u64) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn completed(&self, success: bool, state: String, message: String) -> zbus::Result<()>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,16 +178,7 @@ pub async fn connect(address: Option<&str>) -> Result<AgentProxy<'static>, Clien
 
 /// Reads every property in one `GetAll` round trip.
 pub async fn status(proxy: &AgentProxy<'_>) -> Result<Status, ClientError> {
-    let props = zbus::fdo::PropertiesProxy::builder(proxy.inner().connection())
-        .destination(BUS_NAME)?
-        .path(proxy.inner().path().to_owned())?
-        .build()
-        .await?;
-    let iface = zbus::names::InterfaceName::try_from(INTERFACE).map_err(|e| ClientError::Call(e.into()))?;
-    let all = props
-        .get_all(iface)
-        .await
-        .map_err(|e| ClientError::from(zbus::Error::from(e)))?;
+    let all = get_all(proxy.inner(), INTERFACE).await?;
     Ok(Status {
         agent_version: string(&all, "AgentVersion"),
         os_version: string(&all, "OsVersion"),
@@ -165,14 +192,47 @@ pub async fn status(proxy: &AgentProxy<'_>) -> Result<Status, ClientError> {
     })
 }
 
+/// Reads every installer property in one `GetAll` round trip.
+pub async fn installer_status(proxy: &InstallerProxy<'_>) -> Result<InstallerStatus, ClientError> {
+    let all = get_all(proxy.inner(), INSTALLER_INTERFACE).await?;
+    Ok(InstallerStatus {
+        state: string(&all, "State"),
+        target_slot: string(&all, "TargetSlot"),
+        version: number(&all, "Version"),
+        bytes_done: number(&all, "BytesDone"),
+        bytes_total: number(&all, "BytesTotal"),
+        last_error: string(&all, "LastError"),
+        last_result: string(&all, "LastResult"),
+    })
+}
+
+async fn get_all(
+    proxy: &zbus::Proxy<'_>,
+    interface: &'static str,
+) -> Result<HashMap<String, OwnedValue>, ClientError> {
+    let props = zbus::fdo::PropertiesProxy::builder(proxy.connection())
+        .destination(BUS_NAME)?
+        .path(proxy.path().to_owned())?
+        .build()
+        .await?;
+    let iface = zbus::names::InterfaceName::try_from(interface).map_err(|e| ClientError::Call(e.into()))?;
+    props
+        .get_all(iface)
+        .await
+        .map_err(|e| ClientError::from(zbus::Error::from(e)))
+}
+
 fn string(all: &HashMap<String, OwnedValue>, key: &str) -> String {
     all.get(key)
         .and_then(|v| v.downcast_ref::<&str>().ok().map(str::to_owned))
         .unwrap_or_default()
 }
 
-fn number(all: &HashMap<String, OwnedValue>, key: &str) -> u32 {
+fn number<T>(all: &HashMap<String, OwnedValue>, key: &str) -> T
+where
+    T: Default + for<'v> TryFrom<&'v Value<'v>, Error: Into<zbus::zvariant::Error>>,
+{
     all.get(key)
-        .and_then(|v| v.downcast_ref::<u32>().ok())
+        .and_then(|v| v.downcast_ref::<T>().ok())
         .unwrap_or_default()
 }

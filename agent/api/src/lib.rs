@@ -13,16 +13,25 @@
 //!   the daemon, which answers through a oneshot channel. That keeps this
 //!   crate free of the agent's logic and lets tests drive it alone.
 //!
-//! The introspection XML of the interface is checked in as
+//! - Interface `org.containeros.Agent1.Installer`: OS updates into the
+//!   other A/B slot, modelled on RAUC's `de.pengutronix.rauc.Installer` but
+//!   with explicit progress (`Progress`, `Completed`) and the bus policy's
+//!   access control; its state is published as properties of its own.
+//!
+//! The introspection XML of the interfaces is checked in as
 //! `agent/dist/org.containeros.Agent1.xml`; a test fails when it drifts.
 
 mod client;
 mod server;
 
-pub use client::{AgentProxy, AppsProxy, ClientError, connect, status};
-pub use server::{AgentInterface, AppsInterface, Command, ServiceRow, StatusHandle, serve_on};
+pub use client::{AgentProxy, AppsProxy, ClientError, InstallerProxy, connect, installer_status, status};
+pub use server::{
+    AgentInterface, AppsInterface, Command, InstallOptions, InstallerHandle, InstallerInterface, Served,
+    ServiceRow, StatusHandle, serve_on,
+};
 
 pub const APPS_INTERFACE: &str = "org.containeros.Agent1.Apps";
+pub const INSTALLER_INTERFACE: &str = "org.containeros.Agent1.Installer";
 
 use serde::Serialize;
 
@@ -49,6 +58,42 @@ pub struct Status {
     pub engine_version: String,
     /// Restarts of the engine the agent made since it started.
     pub engine_restarts: u32,
+}
+
+/// Everything the `org.containeros.Agent1.Installer` interface publishes:
+/// where the OS update stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstallerStatus {
+    /// idle, downloading, written, verified, pending-reboot, trying,
+    /// committed, rolled-back.
+    pub state: String,
+    /// The slot being written or tried ("A", "B"); "" when none.
+    pub target_slot: String,
+    /// The release version (manifest sequence number) being installed or
+    /// last installed; 0 when none.
+    pub version: u64,
+    /// Bytes of the OS image written so far.
+    pub bytes_done: u64,
+    /// Bytes of the OS image in total; 0 when not known yet.
+    pub bytes_total: u64,
+    /// The last install problem, in words for people; "" when none.
+    pub last_error: String,
+    /// How the last install ended, in words for people; "" when none yet.
+    pub last_result: String,
+}
+
+impl Default for InstallerStatus {
+    fn default() -> Self {
+        Self {
+            state: "idle".into(),
+            target_slot: String::new(),
+            version: 0,
+            bytes_done: 0,
+            bytes_total: 0,
+            last_error: String::new(),
+            last_result: String::new(),
+        }
+    }
 }
 
 /// Errors returned to D-Bus callers, with stable names clients can match.

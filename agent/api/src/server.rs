@@ -1,9 +1,13 @@
-//! The server side: the `org.containeros.Agent1` interface object.
+//! The server side: the interface objects at `/org/containeros/Agent1`
+//! (`org.containeros.Agent1`, `.Apps`, `.Installer`).
+
+use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 use zbus::object_server::{InterfaceRef, SignalEmitter};
+use zbus::zvariant::{OwnedValue, Value};
 
-use crate::{ApiError, OBJECT_PATH, Status};
+use crate::{ApiError, InstallerStatus, OBJECT_PATH, Status};
 
 /// What a method call asks the daemon to do. Each carries the channel the
 /// daemon answers on.
@@ -24,6 +28,79 @@ pub enum Command {
     StartService(String, oneshot::Sender<Result<(), String>>),
     /// The last lines a service's container wrote.
     ServiceLogs(String, u32, oneshot::Sender<Result<String, String>>),
+    /// Install the OS release whose signed manifest (envelope) is at `source`
+    /// (https:// URL or absolute path on the device). Answer once the
+    /// manifest is verified and the update is under way; progress and the end
+    /// come as Installer signals.
+    InstallOs {
+        source: String,
+        options: InstallOptions,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Mark the booted slot good (commit) / bad.
+    MarkGood(oneshot::Sender<Result<String, String>>),
+    MarkBad(oneshot::Sender<Result<String, String>>),
+    /// Make the other slot the boot default again (it must hold a verified, committed OS).
+    Rollback(oneshot::Sender<Result<String, String>>),
+    /// Reboot now (into the slot the bootloader will pick).
+    Reboot(oneshot::Sender<Result<(), String>>),
+}
+
+/// The options of `Installer.Install`, sent on D-Bus as `a{sv}` so options
+/// can be added without changing the method's signature.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallOptions {
+    /// `force-downgrade` (b): accept a release older than the installed one.
+    pub force_downgrade: bool,
+    /// `reboot` (b): reboot into the new slot once it is written and verified.
+    pub reboot: bool,
+}
+
+impl InstallOptions {
+    const FORCE_DOWNGRADE: &str = "force-downgrade";
+    const REBOOT: &str = "reboot";
+
+    /// Reads the `a{sv}` of a call. Unknown keys and values of the wrong
+    /// type are refused by name rather than ignored: a caller that asks for
+    /// something the agent does not do must hear so.
+    pub fn from_dbus(options: &HashMap<String, OwnedValue>) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        // Sorted, so that with several bad keys the message is stable.
+        let mut keys: Vec<&String> = options.keys().collect();
+        keys.sort();
+        for key in keys {
+            let field = match key.as_str() {
+                Self::FORCE_DOWNGRADE => &mut parsed.force_downgrade,
+                Self::REBOOT => &mut parsed.reboot,
+                _ => {
+                    return Err(format!(
+                        "unknown install option `{key}` (known: `{}`, `{}`)",
+                        Self::FORCE_DOWNGRADE,
+                        Self::REBOOT
+                    ));
+                }
+            };
+            let value = &options[key];
+            *field = match **value {
+                Value::Bool(b) => b,
+                ref other => {
+                    return Err(format!(
+                        "install option `{key}` must be a boolean (b), not `{}`",
+                        other.value_signature()
+                    ));
+                }
+            };
+        }
+        Ok(parsed)
+    }
+
+    /// The `a{sv}` for an `Install` call (every option, explicitly).
+    pub fn to_dbus(&self) -> HashMap<&'static str, Value<'static>> {
+        HashMap::from([
+            (Self::FORCE_DOWNGRADE, Value::from(self.force_downgrade)),
+            (Self::REBOOT, Value::from(self.reboot)),
+        ])
+    }
 }
 
 /// One row of `ListServices`: (service, container, state, health, image,
@@ -232,6 +309,187 @@ impl AppsInterface {
     ) -> zbus::Result<()>;
 }
 
+/// The `org.containeros.Agent1.Installer` interface: OS updates into the
+/// other A/B slot. Holds the published [`InstallerStatus`]; the daemon
+/// changes it through an [`InstallerHandle`].
+#[derive(Debug)]
+pub struct InstallerInterface {
+    status: InstallerStatus,
+    commands: mpsc::Sender<Command>,
+}
+
+#[zbus::interface(name = "org.containeros.Agent1.Installer")]
+impl InstallerInterface {
+    /// Install the OS release whose signed manifest (envelope) is at
+    /// `source`: an https:// URL, or an absolute path on the device.
+    /// `options`: `force-downgrade` (b) accepts an older release, `reboot`
+    /// (b) reboots into it once written and verified; other keys are
+    /// refused. Returns once the manifest is verified and the update is
+    /// under way; `Progress` follows it and `Completed` ends it.
+    async fn install(&self, source: String, options: HashMap<String, OwnedValue>) -> Result<(), ApiError> {
+        let options = InstallOptions::from_dbus(&options).map_err(ApiError::Failed)?;
+        ask(&self.commands, |reply| Command::InstallOs {
+            source,
+            options,
+            reply,
+        })
+        .await
+    }
+
+    /// Mark the booted slot good (commit the update running now); returns
+    /// what was done, in words.
+    async fn mark_good(&self) -> Result<String, ApiError> {
+        ask(&self.commands, Command::MarkGood).await
+    }
+
+    /// Mark the booted slot bad, so the bootloader leaves it; returns what
+    /// was done, in words.
+    async fn mark_bad(&self) -> Result<String, ApiError> {
+        ask(&self.commands, Command::MarkBad).await
+    }
+
+    /// Make the other slot the boot default again (it must hold a
+    /// verified, committed OS); takes effect at the next reboot. Returns
+    /// what was done, in words.
+    async fn rollback(&self) -> Result<String, ApiError> {
+        ask(&self.commands, Command::Rollback).await
+    }
+
+    /// Reboot now, into the slot the bootloader will pick.
+    async fn reboot(&self) -> Result<(), ApiError> {
+        ask(&self.commands, Command::Reboot).await
+    }
+
+    #[zbus(property)]
+    fn state(&self) -> &str {
+        &self.status.state
+    }
+
+    #[zbus(property)]
+    fn target_slot(&self) -> &str {
+        &self.status.target_slot
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> u64 {
+        self.status.version
+    }
+
+    #[zbus(property)]
+    fn bytes_done(&self) -> u64 {
+        self.status.bytes_done
+    }
+
+    #[zbus(property)]
+    fn bytes_total(&self) -> u64 {
+        self.status.bytes_total
+    }
+
+    #[zbus(property)]
+    fn last_error(&self) -> &str {
+        &self.status.last_error
+    }
+
+    #[zbus(property)]
+    fn last_result(&self) -> &str {
+        &self.status.last_result
+    }
+
+    /// Where an install stands: state, bytes done, bytes in total (0 when
+    /// not known).
+    #[zbus(signal)]
+    pub async fn progress(
+        emitter: &SignalEmitter<'_>,
+        state: &str,
+        done: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
+
+    /// An install ended: success, the state it left, and what happened in
+    /// words (the error when it failed).
+    #[zbus(signal)]
+    pub async fn completed(
+        emitter: &SignalEmitter<'_>,
+        success: bool,
+        state: &str,
+        message: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Lets the daemon change the installer's published status and emit its
+/// signals; every changed property is announced with `PropertiesChanged`.
+#[derive(Clone)]
+pub struct InstallerHandle {
+    iface: InterfaceRef<InstallerInterface>,
+}
+
+impl std::fmt::Debug for InstallerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstallerHandle")
+    }
+}
+
+impl InstallerHandle {
+    /// Applies `change` to the status and emits signals for what changed.
+    pub async fn update(&self, change: impl FnOnce(&mut InstallerStatus)) -> zbus::Result<()> {
+        let mut iface = self.iface.get_mut().await;
+        let before = iface.status.clone();
+        change(&mut iface.status);
+        let after = iface.status.clone();
+        emit_installer_changes(&iface, self.iface.signal_emitter(), &before, &after).await
+    }
+
+    pub async fn get(&self) -> InstallerStatus {
+        self.iface.get().await.status.clone()
+    }
+
+    /// The emitter for [`InstallerInterface::progress`] and
+    /// [`InstallerInterface::completed`].
+    pub fn signal_emitter(&self) -> &SignalEmitter<'static> {
+        self.iface.signal_emitter()
+    }
+
+    /// Emits `Progress` (see [`InstallerInterface::progress`]).
+    pub async fn progress(&self, state: &str, done: u64, total: u64) -> zbus::Result<()> {
+        InstallerInterface::progress(self.signal_emitter(), state, done, total).await
+    }
+
+    /// Emits `Completed` (see [`InstallerInterface::completed`]).
+    pub async fn completed(&self, success: bool, state: &str, message: &str) -> zbus::Result<()> {
+        InstallerInterface::completed(self.signal_emitter(), success, state, message).await
+    }
+}
+
+async fn emit_installer_changes(
+    iface: &InstallerInterface,
+    e: &SignalEmitter<'_>,
+    before: &InstallerStatus,
+    after: &InstallerStatus,
+) -> zbus::Result<()> {
+    if before.state != after.state {
+        iface.state_changed(e).await?;
+    }
+    if before.target_slot != after.target_slot {
+        iface.target_slot_changed(e).await?;
+    }
+    if before.version != after.version {
+        iface.version_changed(e).await?;
+    }
+    if before.bytes_done != after.bytes_done {
+        iface.bytes_done_changed(e).await?;
+    }
+    if before.bytes_total != after.bytes_total {
+        iface.bytes_total_changed(e).await?;
+    }
+    if before.last_error != after.last_error {
+        iface.last_error_changed(e).await?;
+    }
+    if before.last_result != after.last_result {
+        iface.last_result_changed(e).await?;
+    }
+    Ok(())
+}
+
 /// Sends a command to the daemon and waits for its answer.
 async fn ask<T>(
     commands: &mpsc::Sender<Command>,
@@ -247,14 +505,26 @@ async fn ask<T>(
         .map_err(ApiError::Failed)
 }
 
-/// Serves the interface at [`OBJECT_PATH`] on `connection` and returns the
-/// handle to update it. Owning the bus name is the caller's job (it differs
-/// between a bus and a peer-to-peer connection).
+/// The handles [`serve_on`] returns: one per interface that publishes
+/// state.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// `org.containeros.Agent1`'s properties.
+    pub status: StatusHandle,
+    /// `org.containeros.Agent1.Installer`'s properties and signals.
+    pub installer: InstallerHandle,
+}
+
+/// Serves the interfaces at [`OBJECT_PATH`] on `connection` and returns the
+/// handles to update them. The installer starts from
+/// [`InstallerStatus::default`] (idle); the daemon publishes what it finds
+/// through [`Served::installer`]. Owning the bus name is the caller's job
+/// (it differs between a bus and a peer-to-peer connection).
 pub async fn serve_on(
     connection: &zbus::Connection,
     status: Status,
     commands: mpsc::Sender<Command>,
-) -> zbus::Result<StatusHandle> {
+) -> zbus::Result<Served> {
     let server = connection.object_server();
     server
         .at(
@@ -265,10 +535,25 @@ pub async fn serve_on(
         )
         .await?;
     server
+        .at(
+            OBJECT_PATH,
+            InstallerInterface {
+                status: InstallerStatus::default(),
+                commands: commands.clone(),
+            },
+        )
+        .await?;
+    server
         .at(OBJECT_PATH, AgentInterface::new(status, commands))
         .await?;
-    let iface = server.interface::<_, AgentInterface>(OBJECT_PATH).await?;
-    Ok(StatusHandle { iface })
+    Ok(Served {
+        status: StatusHandle {
+            iface: server.interface::<_, AgentInterface>(OBJECT_PATH).await?,
+        },
+        installer: InstallerHandle {
+            iface: server.interface::<_, InstallerInterface>(OBJECT_PATH).await?,
+        },
+    })
 }
 
 #[cfg(test)]

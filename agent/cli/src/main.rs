@@ -4,13 +4,14 @@
 //! allow its user.
 //!
 //! Commands are grouped by what they act on (`status`, `engine`, and the
-//! groups later capabilities add: apps, update, ...), one module each.
+//! `apps`, `os`, and the groups later capabilities add), one module each.
 //!
 //! Exit codes: 0 done, 1 failed, 2 bad command line, 3 the agent is not
 //! running, 4 permission denied.
 
 mod apps;
 mod engine;
+mod os;
 mod release;
 mod status;
 
@@ -44,6 +45,10 @@ enum Command {
     /// The container engine.
     #[command(subcommand)]
     Engine(engine::Command),
+    /// OS updates (A/B slots): install a release, show its state, commit or
+    /// roll back, reboot.
+    #[command(subcommand)]
+    Os(os::Command),
     /// Host side: release signing keys, signing and checking manifests
     /// (runs anywhere; does not talk to an agent).
     #[command(subcommand)]
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(&agent, args).await,
             Command::Apps(command) => apps::run(&agent, command).await,
             Command::Engine(command) => engine::run(&agent, command).await,
+            Command::Os(command) => os::run(&agent, command).await,
             Command::Release(_) => Ok(()),
         }
     });

@@ -12,7 +12,7 @@ use containeros_trust::{Checks, Envelope, Manifest, PublicKey, SigningKey};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Generate a signing key pair: the secret key file (mode 0600, never
-    /// leaves the publisher) and the public key to put in devices' trust.keys.
+    /// leaves the publisher) and the public key to put in devices' update.trusted_keys.
     Keygen {
         /// Where to write the secret key; refused if it exists.
         #[arg(long, value_name = "FILE")]
@@ -68,7 +68,7 @@ fn keygen(secret: &Path, public: Option<&Path>) -> Result<(), String> {
         std::fs::write(path, &public_text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     println!("key id {}", key.public().id());
-    print!("public key (for trust.keys): {public_text}");
+    print!("public key (for update.trusted_keys): {public_text}");
     Ok(())
 }
 

@@ -27,7 +27,8 @@ mod model;
 pub use duration::Duration;
 pub use error::ConfigError;
 pub use model::{
-    AbsPath, AgentSection, AppsSection, Bus, Config, DbusSection, EngineKind, EngineSection, UnitName,
+    AbsPath, AgentSection, AppsSection, Bootloader, Bus, Config, DbusSection, EngineKind, EngineSection,
+    UnitName, UpdateSection,
 };
 
 use std::path::{Path, PathBuf};

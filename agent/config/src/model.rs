@@ -16,6 +16,82 @@ pub struct Config {
     pub dbus: DbusSection,
     pub engine: EngineSection,
     pub apps: AppsSection,
+    pub update: UpdateSection,
+}
+
+/// How the A/B root slots are switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bootloader {
+    /// The U-Boot environment described by `fw_env_config`.
+    #[default]
+    UBoot,
+    /// The GRUB environment block `grubenv`.
+    Grub,
+    /// Raspberry Pi firmware tryboot (`autoboot`).
+    Tryboot,
+    /// No A/B slots: OS updates are refused.
+    None,
+}
+
+impl fmt::Display for Bootloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Bootloader::UBoot => "u-boot",
+            Bootloader::Grub => "grub",
+            Bootloader::Tryboot => "tryboot",
+            Bootloader::None => "none",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateSection {
+    pub bootloader: Bootloader,
+    /// libubootenv's configuration (bootloader = "u-boot").
+    pub fw_env_config: AbsPath,
+    /// The GRUB environment block (bootloader = "grub").
+    pub grubenv: AbsPath,
+    /// The firmware's autoboot.txt (bootloader = "tryboot").
+    pub autoboot: AbsPath,
+    /// Slot A's and B's block devices: a path, `PARTLABEL=`, `PARTUUID=`
+    /// or `LABEL=`; `"auto"`: partitions 2 and 3 of the disk the running
+    /// root is on (the layer's layout).
+    pub slot_a: String,
+    pub slot_b: String,
+    /// Boots a new slot gets before the bootloader falls back.
+    pub boot_attempts: NonZeroU32,
+    /// Trusted release-signing public keys (base64 ed25519); more than one
+    /// while keys are rotated. None: every OS release is refused.
+    pub trusted_keys: Vec<String>,
+    /// How long a new slot has to prove healthy after booting it.
+    pub health_timeout: Duration,
+    /// Drop-in health checks: every executable here must exit 0.
+    pub health_dir: AbsPath,
+    /// Where the kernel command line (`containeros.slot=`) and the boot id
+    /// are read; other paths only where /proc is not the device's own.
+    pub cmdline: AbsPath,
+    pub boot_id: AbsPath,
+}
+
+impl Default for UpdateSection {
+    fn default() -> Self {
+        Self {
+            bootloader: Bootloader::UBoot,
+            fw_env_config: AbsPath::new("/etc/fw_env.config"),
+            grubenv: AbsPath::new("/boot/efi/EFI/BOOT/grubenv"),
+            autoboot: AbsPath::new("/boot/firmware/autoboot.txt"),
+            slot_a: "auto".into(),
+            slot_b: "auto".into(),
+            boot_attempts: nonzero(3),
+            trusted_keys: Vec::new(),
+            health_timeout: Duration::from_secs(600),
+            health_dir: AbsPath::new("/etc/containeros/health.d"),
+            cmdline: AbsPath::new("/proc/cmdline"),
+            boot_id: AbsPath::new("/proc/sys/kernel/random/boot_id"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

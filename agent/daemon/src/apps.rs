@@ -542,3 +542,47 @@ pub async fn list(settings: &Settings, target: Option<Arc<Release>>) -> Result<V
     rows.sort();
     Ok(rows)
 }
+
+/// The release's health for a trial boot: every service has its current
+/// container running (healthy, when it has a healthcheck), except services
+/// an operator stopped and one-shot jobs that completed. No release: healthy.
+pub async fn healthy(settings: &Settings, target: Option<Arc<Release>>) -> Result<(), String> {
+    let Some(release) = target else {
+        return Ok(());
+    };
+    let engine = settings.engine().await?;
+    let observed = engine.observe().await.map_err(|e| e.to_string())?;
+    let stopped = settings.stopped();
+    for (name, service) in &release.services {
+        if stopped.contains(name) {
+            continue;
+        }
+        let hash = service.config_hash();
+        let container = observed.containers.iter().find(|c| {
+            c.labels.get(LABEL_RELEASE) == Some(&release.name)
+                && c.labels.get(LABEL_SERVICE) == Some(name)
+                && c.labels.get(containeros_apps::plan::LABEL_CONFIG_HASH) == Some(&hash)
+        });
+        let Some(c) = container else {
+            return Err(format!(
+                "service `{name}` of release {} has no container yet",
+                release.name
+            ));
+        };
+        let ok = match c.state {
+            ContainerState::Running => matches!(c.health, Health::None | Health::Healthy),
+            // A one-shot job that finished.
+            ContainerState::Exited => {
+                c.exit_code == Some(0) && matches!(service.restart, containeros_apps::release::Restart::No)
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "service `{name}` is not healthy yet (container {}: {:?}, health {:?})",
+                c.name, c.state, c.health
+            ));
+        }
+    }
+    Ok(())
+}

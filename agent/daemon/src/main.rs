@@ -9,6 +9,7 @@ mod apps;
 mod args;
 mod device;
 mod logging;
+mod os;
 mod run;
 mod store;
 

@@ -2,6 +2,7 @@
 //! notifications, and a clean stop on SIGTERM/SIGINT.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,10 +14,11 @@ use containeros_engine::{DockerProbe, EngineState, EngineStatus, Policy, Restart
 use containeros_systemd::{Notifier, UnitManager};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::apps;
 use crate::device;
+use crate::os;
 
 const NATIVE_UNAVAILABLE: &str = "engine.kind = \"native\": the built-in OCI engine is not part of this agent \
      build yet; use kind = \"docker\" with a Docker-compatible engine";
@@ -29,10 +31,11 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     let connection = connect(&config.dbus.bus).await?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(8);
-    let status = initial_status(config.agent.os_release.as_path());
-    let api = containeros_api::serve_on(&connection, status, commands_tx)
+    let status = initial_status(config.agent.os_release.as_path(), config.update.cmdline.as_path());
+    let served = containeros_api::serve_on(&connection, status, commands_tx)
         .await
         .context("cannot serve the D-Bus API object")?;
+    let api = served.status.clone();
     connection.request_name(BUS_NAME).await.with_context(|| {
         format!(
             "cannot own the bus name {BUS_NAME}: another agent may be running, or the D-Bus policy \
@@ -42,6 +45,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     // Engine supervision publishes into a watch; one task mirrors it onto D-Bus.
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::default());
+    let engine_watch = engine_rx.clone();
     let (restart_tx, restart_rx) = mpsc::channel::<RestartRequest>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
@@ -114,6 +118,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         EngineKind::Docker => apps::stored_target(&apps_settings),
         EngineKind::Native => None,
     });
+    let target_rx_health = target_rx.clone();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let applier = (engine_kind == EngineKind::Docker).then(|| {
         tokio::spawn(apps::applier(
@@ -124,6 +129,41 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         ))
     });
     let reporter = tokio::spawn(publish_apps_reports(reports_rx, api.clone(), connection.clone()));
+
+    // OS updates: recovery of an update under way first, then requests.
+    let (os_reports_tx, os_reports_rx) = mpsc::unbounded_channel();
+    let (os_tx, os_rx) = mpsc::channel::<os::Request>(4);
+    let rebooter: Arc<dyn os::Rebooter> = Arc::new(SystemdReboot(
+        UnitManager::new(&connection)
+            .await
+            .context("cannot reach systemd on the bus")?,
+    ));
+    let health: Arc<dyn os::Health> = Arc::new(TrialHealth {
+        engine: engine_watch.clone(),
+        apps: apps_settings.clone(),
+        target: target_rx_health,
+        kind: engine_kind,
+    });
+    let (availability, os_task) = match os::Updater::new(
+        &config.update,
+        config.agent.state_dir.as_path(),
+        rebooter,
+        health,
+        os_reports_tx,
+    ) {
+        Ok(Some(updater)) => (
+            os::Availability::Running,
+            Some(tokio::spawn(os::run(updater, os_rx, stop_rx.clone()))),
+        ),
+        Ok(None) => (os::Availability::Off(os::DISABLED.to_owned()), None),
+        Err(e) => {
+            let why = format!("OS updates are unavailable: {e}");
+            error!("{why}");
+            let _ = served.installer.update(|s| s.last_error = why.clone()).await;
+            (os::Availability::Off(why), None)
+        }
+    };
+    let os_reporter = tokio::spawn(publish_os_reports(os_reports_rx, served.installer.clone()));
 
     let ready = format!("serving {BUS_NAME}");
     notifier
@@ -184,6 +224,18 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                     });
                 }
                 Command::RestartEngine(reply) => restart_engine(reply, &restart_tx, engine_kind, unit.is_some()),
+                Command::InstallOs { source, options, reply } => {
+                    os_request(&availability, &os_tx, os::Request::Install {
+                        source,
+                        force_downgrade: options.force_downgrade,
+                        reboot: options.reboot,
+                        reply,
+                    }).await;
+                }
+                Command::MarkGood(reply) => os_request(&availability, &os_tx, os::Request::MarkGood(reply)).await,
+                Command::MarkBad(reply) => os_request(&availability, &os_tx, os::Request::MarkBad(reply)).await,
+                Command::Rollback(reply) => os_request(&availability, &os_tx, os::Request::Rollback(reply)).await,
+                Command::Reboot(reply) => os_request(&availability, &os_tx, os::Request::Reboot(reply)).await,
             },
         }
     }
@@ -198,8 +250,12 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         // whatever the engine has and finishes it.
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    if let Some(task) = os_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     mirror.abort();
     reporter.abort();
+    os_reporter.abort();
     let _ = connection.release_name(BUS_NAME).await;
     info!("stopped");
     Ok(())
@@ -220,12 +276,12 @@ async fn connect(bus: &Bus) -> Result<zbus::Connection> {
         .with_context(|| format!("cannot connect to {name}; is dbus-daemon running?"))
 }
 
-fn initial_status(os_release: &Path) -> Status {
+fn initial_status(os_release: &Path, cmdline: &Path) -> Status {
     let os_version = device::read(os_release).and_then(|t| device::os_version(&t));
     if os_version.is_none() {
         warn!(file = %os_release.display(), "no VERSION_ID in the os-release file (agent.os_release); OS version unknown");
     }
-    let booted_slot = device::read(Path::new("/proc/cmdline"))
+    let booted_slot = device::read(cmdline)
         .and_then(|t| device::booted_slot(&t))
         .unwrap_or_default();
     Status {
@@ -343,5 +399,133 @@ fn restart_engine(
         Err(mpsc::error::TrySendError::Closed(reply)) => {
             let _ = reply.send(Err("the engine supervisor has stopped".to_owned()));
         }
+    }
+}
+
+/// Hands a request to the OS updater, or answers that OS updates are off.
+async fn os_request(availability: &os::Availability, tx: &mpsc::Sender<os::Request>, request: os::Request) {
+    fn refuse<T>(reply: tokio::sync::oneshot::Sender<Result<T, String>>, why: &str) {
+        let _ = reply.send(Err(why.to_owned()));
+    }
+    if let os::Availability::Off(why) = availability {
+        match request {
+            os::Request::Install { reply, .. } | os::Request::Reboot(reply) => refuse(reply, why),
+            os::Request::MarkGood(reply) | os::Request::MarkBad(reply) | os::Request::Rollback(reply) => {
+                refuse(reply, why)
+            }
+        }
+        return;
+    }
+    if let Err(mpsc::error::SendError(request)) = tx.send(request).await {
+        let why = "the OS updater has stopped";
+        match request {
+            os::Request::Install { reply, .. } | os::Request::Reboot(reply) => refuse(reply, why),
+            os::Request::MarkGood(reply) | os::Request::MarkBad(reply) | os::Request::Rollback(reply) => {
+                refuse(reply, why)
+            }
+        }
+    }
+}
+
+/// Mirrors the OS updater's reports onto the Installer interface.
+async fn publish_os_reports(
+    mut reports: mpsc::UnboundedReceiver<os::Report>,
+    installer: containeros_api::InstallerHandle,
+) {
+    while let Some(report) = reports.recv().await {
+        let result = match report {
+            os::Report::Status {
+                state,
+                target_slot,
+                version,
+                bytes_done,
+                bytes_total,
+                last_error,
+            } => {
+                installer
+                    .update(|s| {
+                        s.state = state;
+                        s.target_slot = target_slot;
+                        s.version = version;
+                        s.bytes_done = bytes_done;
+                        s.bytes_total = bytes_total;
+                        s.last_error = last_error;
+                    })
+                    .await
+            }
+            os::Report::Progress { state, done, total } => {
+                let updated = installer
+                    .update(|s| {
+                        s.bytes_done = done;
+                        s.bytes_total = total;
+                    })
+                    .await;
+                updated.and(installer.progress(&state, done, total).await)
+            }
+            os::Report::Completed {
+                success,
+                state,
+                message,
+            } => {
+                let updated = installer
+                    .update(|s| {
+                        s.last_result = message.clone();
+                        if !success {
+                            s.last_error = message.clone();
+                        }
+                    })
+                    .await;
+                updated.and(installer.completed(success, &state, &message).await)
+            }
+        };
+        if let Err(e) = result {
+            warn!("cannot publish OS update progress on D-Bus: {e}");
+        }
+    }
+}
+
+/// Reboots through systemd: `reboot.target`, with the reboot argument
+/// (Raspberry Pi tryboot) written where `systemctl reboot ARG` puts it.
+struct SystemdReboot(UnitManager);
+
+impl os::Rebooter for SystemdReboot {
+    fn reboot(
+        &self,
+        argument: Option<&'static str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(argument) = argument {
+                std::fs::write("/run/systemd/reboot-param", argument).map_err(|e| {
+                    format!("cannot write the reboot argument to /run/systemd/reboot-param: {e}")
+                })?;
+            }
+            info!("asking systemd to reboot");
+            self.0.reboot().await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A trial boot's checks besides health.d: the engine is up and the apps
+/// release runs.
+struct TrialHealth {
+    engine: watch::Receiver<EngineStatus>,
+    apps: apps::Settings,
+    target: watch::Receiver<Option<Arc<containeros_apps::Release>>>,
+    kind: EngineKind,
+}
+
+impl os::Health for TrialHealth {
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            if self.kind != EngineKind::Docker {
+                return Ok(());
+            }
+            let engine = self.engine.borrow().clone();
+            if engine.state != EngineState::Up {
+                return Err(format!("the engine is {}", engine.state.as_str()));
+            }
+            let target = self.target.borrow().clone();
+            apps::healthy(&self.apps, target).await
+        })
     }
 }

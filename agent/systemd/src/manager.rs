@@ -1,5 +1,6 @@
 //! The part of systemd's `org.freedesktop.systemd1.Manager` D-Bus API the
-//! agent uses: `Subscribe`, `RestartUnit`, `StopUnit` and the `JobRemoved` signal that
+//! agent uses: `Subscribe`, `RestartUnit`, `StopUnit`, `StartUnit` (for
+//! `reboot.target`) and the `JobRemoved` signal that
 //! tells how the job ended. Restarting through the API (rather than spawning
 //! `systemctl`) gives the job's real result and needs no extra binary.
 
@@ -23,6 +24,9 @@ pub trait Manager {
 
     /// Queues a stop job for `name`; returns the job's object path.
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    /// Queues a start job for `name`; returns the job's object path.
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
@@ -83,6 +87,20 @@ impl UnitManager {
     /// to finish, returning its result.
     pub async fn stop(&self, unit: &str, timeout: Duration) -> Result<JobOutcome, UnitManagerError> {
         self.job("stop", unit, timeout).await
+    }
+
+    /// Queues an orderly reboot, as `systemctl reboot` does: a start job
+    /// of `reboot.target` that nothing may cancel. Returns once queued.
+    pub async fn reboot(&self) -> Result<(), UnitManagerError> {
+        self.proxy
+            .start_unit("reboot.target", "replace-irreversibly")
+            .await
+            .map(drop)
+            .map_err(|source| UnitManagerError::Refused {
+                verb: "start",
+                unit: "reboot.target".to_owned(),
+                source,
+            })
     }
 
     async fn job(

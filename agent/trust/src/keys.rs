@@ -1,5 +1,5 @@
 //! ed25519 keys. Public keys are written as standard base64 of their 32
-//! bytes (what goes into `trust.keys` in the agent's config); secret keys as
+//! bytes (what goes into `update.trusted_keys` in the agent's config); secret keys as
 //! `containeros-secret-key-v1:` + base64 of the PKCS#8 document ring makes.
 //! A key's id is the first 8 bytes of its SHA-256, in hex: short enough to
 //! read in a log line, long enough that two keys of one fleet never collide.

@@ -31,11 +31,11 @@ pub struct Verified {
 pub enum TrustError {
     #[error("the release file is not a signed manifest envelope: {0}")]
     ParseEnvelope(String),
-    #[error("no trusted keys are configured (trust.keys); add the release signing public key")]
+    #[error("no trusted keys are configured (update.trusted_keys); add the release signing public key")]
     NoTrustedKeys,
     #[error(
         "the manifest is not signed by a trusted key (signed by: {signers}; trusted: {trusted}); \
-         add the release key to trust.keys if it is yours"
+         add the release key to update.trusted_keys if it is yours"
     )]
     UntrustedSigners { signers: String, trusted: String },
     #[error(

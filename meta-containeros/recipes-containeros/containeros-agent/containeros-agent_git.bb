@@ -58,6 +58,14 @@ do_install() {
         grep -q '^kind = "native"$' ${D}${sysconfdir}/containeros/agent.toml ||
             bbfatal "agent.toml: could not select the native engine; has the [engine] section changed?"
     fi
+
+    if [ "${CONTAINEROS_BOOTLOADER}" = "grub" ]; then
+        # The [update] section switches slots through grubenv on x86-64.
+        sed -i -e '/^\[update\]/,/^\[/s|^bootloader = .*|bootloader = "grub"|' \
+            ${D}${sysconfdir}/containeros/agent.toml
+        grep -q '^bootloader = "grub"$' ${D}${sysconfdir}/containeros/agent.toml ||
+            bbfatal "agent.toml: could not select GRUB; has the [update] section changed?"
+    fi
 }
 
 PACKAGES =+ "${PN}-cli"
