@@ -272,6 +272,28 @@ async fn an_os_update_is_installed_switched_tried_and_committed() {
     assert_eq!(status["version"], 2);
     assert_eq!(u.var("BOOT_B_LEFT"), "3", "committed: tries refilled");
     assert_eq!(u.var("BOOT_ORDER"), "B A");
+
+    // Release 1 is older than the installed 2: refused, nothing changes;
+    // forced, it installs (rolling a fleet back on purpose).
+    let older = u.release(1, &random(1 << 20, 6), "release", |_| {});
+    let env = u.env();
+    let slot_a = file_hash(&u.path("slotA.img"));
+    let out = u.install(&older);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not newer than the installed version 2"),
+        "{stderr}"
+    );
+    assert_eq!(u.env(), env, "the environment is untouched");
+    assert_eq!(file_hash(&u.path("slotA.img")), slot_a, "slot A is untouched");
+    let out = cli(u.device.bus.address())
+        .args(["os", "install", &older, "--force-downgrade", "--json"])
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(last_event(&out)["state"], "pending-reboot");
+    assert_eq!(u.var("BOOT_ORDER"), "A B", "slot A boots next");
 }
 
 #[tokio::test(flavor = "multi_thread")]
