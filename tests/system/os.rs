@@ -12,7 +12,7 @@ use containeros_tests::{Dockerd, bin, cli, eventually, require_root};
 
 use crate::device::Device;
 
-const SLOT_SIZE: u64 = 16 << 20;
+const SLOT_SIZE: u64 = 160 << 20;
 
 struct Update {
     dir: tempfile::TempDir,
@@ -180,7 +180,14 @@ async fn start(health_timeout: &str) -> Update {
             .and_then(|f| f.set_len(SLOT_SIZE))
             .expect("slot");
     }
-    std::fs::write(p("slotA.img"), random(SLOT_SIZE as usize, 1)).expect("slot A content");
+    {
+        use std::io::Write as _;
+        let mut a = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p("slotA.img"))
+            .expect("slot A");
+        a.write_all(&random(1 << 20, 1)).expect("slot A content");
+    }
     std::fs::File::create(p("uboot.env"))
         .and_then(|f| f.set_len(0x4000))
         .expect("env");
@@ -454,4 +461,52 @@ async fn without_a_fitting_update_configuration_the_agent_runs_and_says_why() {
             .is_some_and(|e| e.contains("unavailable")),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_while_writing_the_slot_stays_out_of_boot_and_is_written_again() {
+    let mut u = start("60s").await;
+    // Big enough that the write takes a moment to catch.
+    let image = random(128 << 20, 7);
+    let release = u.release(2, &image, "release", |_| {});
+    let mut killed = false;
+    for _attempt in 0..5 {
+        let out = cli(u.device.bus.address())
+            .args(["os", "install", &release, "--no-wait"])
+            .output()
+            .expect("cli");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let state = eventually(30, "the write under way or done", || async {
+            let s = u.status();
+            let state = s["state"].as_str().unwrap_or_default().to_owned();
+            (state != "idle").then_some(state)
+        })
+        .await;
+        if state == "downloading" {
+            u.device.agent.kill9();
+            killed = true;
+            break;
+        }
+        // Too quick this time: start over from a fresh record.
+        println!("write already {state}; trying again");
+        u.device.agent.kill9();
+        std::fs::remove_file(u.device._state.path().join("update/state.toml")).ok();
+        u.set_var("BOOT_ORDER", "A B");
+        u.device.agent.restart();
+    }
+    assert!(killed, "never caught the agent writing the slot");
+    // Dead mid-write: the half-written slot B is out of the boot order.
+    assert_eq!(
+        u.var("BOOT_ORDER"),
+        "A",
+        "slot B must not be bootable while written"
+    );
+    assert_eq!(u.var("BOOT_B_LEFT"), "0");
+    u.device.agent.restart();
+    u.state_becomes("pending-reboot").await;
+    let slot_b = std::fs::read(u.path("slotB.img")).expect("slot B");
+    assert!(slot_b[..image.len()] == image[..], "the image is whole in slot B");
+    assert_eq!(u.var("BOOT_ORDER"), "B A");
+    u.reboot_into("B", 2);
+    u.state_becomes("committed").await;
 }
