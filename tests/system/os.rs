@@ -510,3 +510,102 @@ async fn killed_while_writing_the_slot_stays_out_of_boot_and_is_written_again() 
     u.reboot_into("B", 2);
     u.state_becomes("committed").await;
 }
+
+/// A one-service apps release running `web` (variant `variant` of the
+/// test image), written beside the manifests; (file name, size, sha256).
+fn apps_release(u: &Update, version: &str, web: &containeros_tests::TestImage) -> (String, usize, String) {
+    let text = format!(
+        r#"name: travel
+x-containeros:
+  version: "{version}"
+services:
+  web:
+    image: {web}
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+"#,
+        web = web.by_digest()
+    );
+    let name = format!("apps-{version}.yml");
+    std::fs::write(u.path(&name), &text).expect("apps release");
+    (name, text.len(), sha256(text.as_bytes()))
+}
+
+fn web_variant(u: &Update) -> Option<String> {
+    let id = crate::apps::try_docker(
+        &u.device,
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            "label=org.containeros.release=travel",
+            "--filter",
+            "status=running",
+        ],
+    )?;
+    let id = id.lines().next()?.to_owned();
+    crate::apps::variant(&u.device, &id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apps_release_travels_with_the_os_and_rolls_back_with_it() {
+    containeros_tests::require_image_services();
+    let (web1, web2) = (
+        containeros_tests::busybox_image("travel-web", "v1"),
+        containeros_tests::busybox_image("travel-web", "v2"),
+    );
+    let mut u = start("5s").await;
+    let (apps1, ..) = apps_release(&u, "1", &web1);
+    crate::apps::apply(&u.device, &u.p(&apps1));
+    assert_eq!(web_variant(&u).as_deref(), Some("v1"));
+
+    // OS release 2 carries apps v2; its trial fails a health check.
+    let (apps2, size, digest) = apps_release(&u, "2", &web2);
+    let release = u.release(2, &random(1 << 20, 8), "release", |m| {
+        m["apps"] = serde_json::json!({"size": size, "sha256": digest, "path": apps2});
+    });
+    let out = u.install(&release);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        web_variant(&u).as_deref(),
+        Some("v1"),
+        "apps wait for the trial boot"
+    );
+
+    let check = u.path("health.d/10-fail");
+    std::fs::write(&check, "#!/bin/sh\nexit 1\n").expect("check");
+    std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    u.reboot_into("B", 2);
+    // The trial runs apps v2, fails the check, and rolls both back.
+    eventually(60, "apps v2 on the trial boot", || async {
+        (web_variant(&u).as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+    u.state_becomes("rolled-back").await;
+    u.reboot_into("A", 3);
+    eventually(60, "apps v1 again after the rollback", || async {
+        (web_variant(&u).as_deref() == Some("v1")).then_some(())
+    })
+    .await;
+
+    // Release 3 with apps v2 and no failing check: committed, with v2.
+    std::fs::remove_file(&check).expect("remove check");
+    let release = u.release(3, &random(1 << 20, 9), "release", |m| {
+        m["apps"] = serde_json::json!({"size": size, "sha256": digest, "path": apps2});
+    });
+    let out = u.install(&release);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    u.reboot_into("B", 4);
+    u.state_becomes("committed").await;
+    assert_eq!(web_variant(&u).as_deref(), Some("v2"));
+
+    // An apps file that is not the signed one is refused up front.
+    std::fs::write(u.path(&apps2), "name: travel\n").expect("tamper");
+    let release = u.release(4, &random(1 << 20, 10), "release", |m| {
+        m["apps"] = serde_json::json!({"size": size, "sha256": digest, "path": apps2});
+    });
+    let out = u.install(&release);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not the one the manifest signs"), "{stderr}");
+}

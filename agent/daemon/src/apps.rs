@@ -111,6 +111,11 @@ impl Settings {
         self.dir.join("release.yml")
     }
 
+    /// The stored target's Compose file.
+    pub fn target_file(&self) -> PathBuf {
+        self.state_file()
+    }
+
     fn stopped_file(&self) -> PathBuf {
         self.dir.join("stopped")
     }
@@ -210,6 +215,14 @@ pub fn stored_target(settings: &Settings) -> Option<Arc<Release>> {
             None
         }
     }
+}
+
+/// Validates the release file at `path`, changing nothing.
+pub fn check(settings: &Settings, path: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read release file {path}: {e}"))?;
+    containeros_apps::release::parse(&text, path, settings.mode)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Validates the release file at `path` and stores it as the target.

@@ -16,6 +16,13 @@
 //!    previous slot made primary, `RolledBack` recorded and the device
 //!    rebooted. Committing never needs a server.
 //!
+//! A release may carry an apps release (the manifest's `apps`: a Compose
+//! file with its size and SHA-256). It is fetched and checked with the
+//! manifest, kept beside the update, and made the apps target when the new
+//! slot boots on trial — so the health check covers it. A commit keeps it;
+//! a rollback restores the apps release that ran before, so the OS and the
+//! apps go back together.
+//!
 //! A kill or power cut anywhere restarts the agent into
 //! [`containeros_update::state::recover`], which says what to do from the
 //! record, the running slot, this boot's id and the bootloader's view; a
@@ -89,6 +96,16 @@ pub trait Rebooter: Send + Sync {
 pub trait Health: Send + Sync {
     /// `Ok(())` when healthy, else what is not (yet).
     fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// The apps applier's target, as the updater moves it with the OS.
+pub trait AppsTarget: Send + Sync {
+    /// The stored Compose file of the current target, if any.
+    fn current(&self) -> Option<PathBuf>;
+    /// Validates the Compose file at `path` without changing anything.
+    fn check(&self, path: &Path) -> Result<(), String>;
+    /// Makes the Compose file at `path` the target (stored first).
+    fn set(&self, path: &Path) -> Result<(), String>;
 }
 
 /// The bootloader side.
@@ -188,6 +205,7 @@ pub struct Updater {
     health_timeout: Duration,
     rebooter: Arc<dyn Rebooter>,
     health: Arc<dyn Health>,
+    apps: Arc<dyn AppsTarget>,
     reports: mpsc::UnboundedSender<Report>,
 }
 
@@ -218,6 +236,7 @@ impl Updater {
         state_dir: &Path,
         rebooter: Arc<dyn Rebooter>,
         health: Arc<dyn Health>,
+        apps: Arc<dyn AppsTarget>,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Result<Option<Self>, String> {
         let attempts = config.boot_attempts.get();
@@ -289,6 +308,7 @@ impl Updater {
             health_timeout: config.health_timeout.get(),
             rebooter,
             health,
+            apps,
             reports,
         }))
     }
@@ -357,6 +377,42 @@ impl Updater {
 
     fn source_file(&self) -> PathBuf {
         self.dir.join("source")
+    }
+
+    /// The apps release that comes with the update, and the one before.
+    fn apps_next(&self) -> PathBuf {
+        self.dir.join("apps-next.yml")
+    }
+
+    fn apps_previous(&self) -> PathBuf {
+        self.dir.join("apps-previous.yml")
+    }
+
+    /// The trial boot starts the update's apps release, if it has one.
+    fn start_next_apps(&self) -> Result<(), String> {
+        let next = self.apps_next();
+        if next.exists() {
+            info!("starting the apps release that came with the OS update");
+            self.apps.set(&next)?;
+        }
+        Ok(())
+    }
+
+    /// A rollback brings back the apps release from before the update.
+    fn restore_previous_apps(&self) {
+        let previous = self.apps_previous();
+        if self.apps_next().exists() && previous.exists() {
+            match self.apps.set(&previous) {
+                Ok(()) => info!("the apps release from before the update is the target again"),
+                Err(e) => error!("cannot restore the apps release from before the update: {e}"),
+            }
+        }
+        let _ = std::fs::remove_file(self.apps_next());
+    }
+
+    fn forget_apps(&self) {
+        let _ = std::fs::remove_file(self.apps_next());
+        let _ = std::fs::remove_file(self.apps_previous());
     }
 }
 
@@ -461,6 +517,10 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
         );
     }
     let image = resolve(source, &os.path)?;
+    updater.forget_apps();
+    if let Some(apps) = &manifest.apps {
+        stage_apps(updater, source, apps).await?;
+    }
     let device = updater
         .slots
         .device(target, &updater.host)
@@ -557,6 +617,50 @@ async fn fetch_manifest(source: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Fetches the release's Compose file, checks its size, SHA-256 and
+/// content, and keeps it (and the current apps target) for the trial.
+async fn stage_apps(
+    updater: &Updater,
+    source: &str,
+    apps: &containeros_trust::AppsRef,
+) -> Result<(), String> {
+    const LIMIT: u64 = 1 << 20;
+    let location = resolve(source, &apps.path)?;
+    let shown = image_text(&location);
+    if apps.size > LIMIT {
+        return Err(format!("{shown}: an apps release is at most {LIMIT} bytes"));
+    }
+    let bytes = match &location {
+        ImageSource::File(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read the apps release {shown}: {e}"))?
+        }
+        ImageSource::Url(url) => fetch_manifest(url).await?,
+    };
+    if bytes.len() as u64 != apps.size || Digest::of(&bytes) != apps.sha256 {
+        return Err(format!(
+            "the apps release {shown} is not the one the manifest signs ({} bytes, sha256 {}; expected {} \
+             bytes, sha256 {})",
+            bytes.len(),
+            Digest::of(&bytes),
+            apps.size,
+            apps.sha256
+        ));
+    }
+    let next = updater.apps_next();
+    store::write_atomic(&next, &bytes).map_err(|e| format!("cannot keep the apps release: {e}"))?;
+    if let Err(e) = updater.apps.check(&next) {
+        updater.forget_apps();
+        return Err(format!("the release's apps ({shown}): {e}"));
+    }
+    if let Some(current) = updater.apps.current() {
+        let text = std::fs::read(&current)
+            .map_err(|e| format!("cannot read the current apps release {}: {e}", current.display()))?;
+        store::write_atomic(&updater.apps_previous(), &text)
+            .map_err(|e| format!("cannot keep the current apps release: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The image's location: the manifest's `os.path`, relative to the
 /// manifest's own location unless absolute.
 fn resolve(source: &str, path: &str) -> Result<ImageSource, String> {
@@ -607,6 +711,7 @@ async fn finish_switch(updater: &Updater, result: Result<Record, String>, reboot
             }
         }
         Err(e) => {
+            updater.forget_apps();
             let record = updater.load();
             let record = match updater.step(&record, Transition::Abort { error: e.clone() }) {
                 Ok(r) => r,
@@ -799,6 +904,7 @@ async fn resume(updater: Arc<Updater>) {
             reason,
         } => roll_back(&updater, &record, bad, good, reboot, reason).await,
         Action::Abandon { reason, disable } => {
+            updater.restore_previous_apps();
             if let Some(slot) = disable
                 && let Err(e) = updater.boot.mark_bad(slot)
             {
@@ -831,6 +937,12 @@ async fn trial(updater: &Updater, record: Record, slot: Slot) {
             }
         }
     };
+    if let Err(e) = updater.start_next_apps() {
+        let previous = record.update.as_ref().map_or(slot.other(), |u| u.previous);
+        let reason = format!("the update's apps release cannot start: {e}");
+        roll_back(updater, &record, slot, previous, true, reason).await;
+        return;
+    }
     let deadline = tokio::time::Instant::now() + updater.health_timeout;
     info!(%slot, timeout = ?updater.health_timeout, "trial boot: waiting for the system to be healthy");
     let mut last_problem;
@@ -853,6 +965,7 @@ async fn trial(updater: &Updater, record: Record, slot: Slot) {
                 .and_then(|()| updater.step(&record, Transition::Commit));
             match committed {
                 Ok(record) => {
+                    updater.forget_apps();
                     let version = record.update.as_ref().map_or(0, |u| u.version);
                     if let Err(e) = store::write_atomic(
                         &updater.dir.join("installed-version"),
@@ -884,6 +997,7 @@ async fn trial(updater: &Updater, record: Record, slot: Slot) {
 }
 
 async fn roll_back(updater: &Updater, record: &Record, bad: Slot, good: Slot, reboot: bool, reason: String) {
+    updater.restore_previous_apps();
     if let Err(e) = updater.boot.mark_bad(bad) {
         error!("cannot mark slot {bad} bad: {e}");
     }

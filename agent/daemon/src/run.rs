@@ -119,6 +119,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         EngineKind::Native => None,
     });
     let target_rx_health = target_rx.clone();
+    let target_tx = Arc::new(target_tx);
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let applier = (engine_kind == EngineKind::Docker).then(|| {
         tokio::spawn(apps::applier(
@@ -149,6 +150,11 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         config.agent.state_dir.as_path(),
         rebooter,
         health,
+        Arc::new(AppsTargetOf {
+            settings: apps_settings.clone(),
+            target: target_tx.clone(),
+            kind: engine_kind,
+        }),
         os_reports_tx,
     ) {
         Ok(Some(updater)) => (
@@ -527,5 +533,32 @@ impl os::Health for TrialHealth {
             let target = self.target.borrow().clone();
             apps::healthy(&self.apps, target).await
         })
+    }
+}
+
+/// The apps applier's target, for the OS updater.
+struct AppsTargetOf {
+    settings: apps::Settings,
+    target: Arc<watch::Sender<Option<Arc<containeros_apps::Release>>>>,
+    kind: EngineKind,
+}
+
+impl os::AppsTarget for AppsTargetOf {
+    fn current(&self) -> Option<std::path::PathBuf> {
+        let path = self.settings.target_file();
+        path.exists().then_some(path)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), String> {
+        apps::check(&self.settings, &path.display().to_string())
+    }
+
+    fn set(&self, path: &Path) -> Result<(), String> {
+        if self.kind != EngineKind::Docker {
+            return Err(NATIVE_UNAVAILABLE.to_owned());
+        }
+        let release = apps::accept(&self.settings, &path.display().to_string())?;
+        self.target.send_replace(Some(release));
+        Ok(())
     }
 }
