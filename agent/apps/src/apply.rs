@@ -162,19 +162,40 @@ pub async fn apply<E: Engine>(
             .position(|s| matches!(s, Step::PullImage { .. }));
         let check_at = first_pull.map(|i| if plan.frees_before_pull { i } else { 0 });
         let total = plan.steps.len();
-        for (i, step) in plan.steps.iter().enumerate() {
+        let mut i = 0;
+        while i < total {
             if check_at == Some(i) {
                 collect_garbage(engine, release, options, &mut outcome.removed_images).await;
                 preflight(engine, &plan.steps, options).await?;
             }
-            events(Event::Step {
-                index: i + 1,
-                total,
-                step,
-            });
-            info!(release = %release.name, "step {}/{total}: {step}", i + 1);
-            execute(engine, release, step, options, events).await?;
-            outcome.steps_done += 1;
+            // Consecutive pulls run together, as `docker compose` pulls:
+            // the registry and the engine overlap the layers of several
+            // images. The first failure fails the round.
+            let batch = plan.steps[i..]
+                .iter()
+                .take_while(|s| matches!(s, Step::PullImage { .. }))
+                .count()
+                .max(1);
+            let steps = &plan.steps[i..i + batch];
+            for (k, step) in steps.iter().enumerate() {
+                events(Event::Step {
+                    index: i + k + 1,
+                    total,
+                    step,
+                });
+                info!(release = %release.name, "step {}/{total}: {step}", i + k + 1);
+            }
+            let results = futures_util::future::join_all(
+                steps
+                    .iter()
+                    .map(|step| execute(engine, release, step, options, events)),
+            )
+            .await;
+            for result in results {
+                result?;
+                outcome.steps_done += 1;
+            }
+            i += batch;
         }
     }
     Err(ApplyError::NotConverged {
