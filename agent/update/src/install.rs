@@ -135,29 +135,33 @@ pub enum InstallError {
 /// Bytes handed to the kernel per write.
 const CHUNK: usize = 1 << 20;
 
-/// A write on the blocking pool: the file and buffer come back with the
-/// result.
-type InFlight = tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<()>)>;
+/// A chunk in flight: one blocking-pool thread hashes it while another
+/// writes it; the file, the hash state and the buffer come back.
+struct InFlight {
+    write: tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>,
+    hash: tokio::task::JoinHandle<ring::digest::Context>,
+    buf: std::sync::Arc<Vec<u8>>,
+}
 
 /// The slot being written, with the hash of everything written so far.
 ///
-/// Bytes are gathered into a 1 MiB buffer; a full buffer is written by a
-/// blocking-pool thread while the next one fills and is hashed, so hashing
-/// (and TLS) overlap the kernel's copy instead of alternating with it. Two
-/// buffers in all, reused; the bytes are copied once, into the buffer the
-/// kernel copies from. (A `BufWriter` over `tokio::fs::File`, before,
-/// copied every byte twice in user space, and a local-file install took
-/// about twice the CPU time in `bench/install-vs-dd.sh`.)
+/// Bytes are gathered into a 1 MiB buffer; a full buffer is hashed by one
+/// blocking-pool thread and written by another while the next one fills,
+/// so the source (TLS, file reads), SHA-256 and the kernel's copy overlap
+/// instead of alternating. Two buffers in all, reused; the bytes are copied
+/// once, into the buffer the kernel copies from. (A `BufWriter` over
+/// `tokio::fs::File`, before, copied every byte twice in user space; then
+/// hashing on the producer's thread kept the source waiting.)
 struct Sink<'a> {
     path: &'a Path,
-    /// `None` while a write is in flight.
+    /// `None` while a chunk is in flight.
     file: Option<std::fs::File>,
+    hash: Option<ring::digest::Context>,
     in_flight: Option<InFlight>,
     /// Filling; flushed when full.
     buf: Vec<u8>,
-    /// The other buffer while no write is in flight.
+    /// The other buffer while no chunk is in flight.
     spare: Option<Vec<u8>>,
-    hash: ring::digest::Context,
     written: u64,
     size: u64,
 }
@@ -191,10 +195,10 @@ impl<'a> Sink<'a> {
         Ok(Sink {
             path,
             file: Some(file),
+            hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             in_flight: None,
             buf: Vec::with_capacity(CHUNK),
             spare: Some(Vec::with_capacity(CHUNK)),
-            hash: ring::digest::Context::new(&ring::digest::SHA256),
             written: 0,
             size,
         })
@@ -207,6 +211,10 @@ impl<'a> Sink<'a> {
         }
     }
 
+    fn lost(&self) -> InstallError {
+        self.write_err(std::io::Error::other("slot writer lost its file"))
+    }
+
     async fn write(&mut self, mut bytes: &[u8], source_name: &str) -> Result<(), InstallError> {
         if self.written + bytes.len() as u64 > self.size {
             return Err(InstallError::TooLong {
@@ -214,7 +222,6 @@ impl<'a> Sink<'a> {
                 expected: self.size,
             });
         }
-        self.hash.update(bytes);
         self.written += bytes.len() as u64;
         while !bytes.is_empty() {
             let n = (CHUNK - self.buf.len()).min(bytes.len());
@@ -227,31 +234,46 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// Waits for the write in flight, if any; the file and its buffer are
-    /// back afterwards.
+    /// Waits for the chunk in flight, if any; the file, the hash state and
+    /// its buffer are back afterwards.
     async fn settle(&mut self) -> Result<(), InstallError> {
         if let Some(job) = self.in_flight.take() {
-            let (file, mut buf, result) = job.await.map_err(|e| self.write_err(std::io::Error::other(e)))?;
+            let joined = |e: tokio::task::JoinError| std::io::Error::other(e);
+            let hash = job.hash.await.map_err(|e| self.write_err(joined(e)));
+            let write = job.write.await.map_err(|e| self.write_err(joined(e)));
+            let mut buf = std::sync::Arc::try_unwrap(job.buf).unwrap_or_default();
             buf.clear();
-            self.file = Some(file);
             self.spare = Some(buf);
+            self.hash = Some(hash?);
+            let (file, result) = write?;
+            self.file = Some(file);
             result.map_err(|e| self.write_err(e))?;
         }
         Ok(())
     }
 
-    /// Hands the filled buffer to a blocking-pool thread.
+    /// Hands the filled buffer to the hashing and the writing thread.
     async fn submit(&mut self) -> Result<(), InstallError> {
         self.settle().await?;
-        let (Some(mut file), Some(spare)) = (self.file.take(), self.spare.take()) else {
-            return Err(self.write_err(std::io::Error::other("slot writer lost its file")));
+        let (Some(mut file), Some(mut hash), Some(spare)) =
+            (self.file.take(), self.hash.take(), self.spare.take())
+        else {
+            return Err(self.lost());
         };
-        let full = std::mem::replace(&mut self.buf, spare);
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write as _;
-            let result = file.write_all(&full);
-            (file, full, result)
-        }));
+        let full = std::sync::Arc::new(std::mem::replace(&mut self.buf, spare));
+        let (to_hash, to_write) = (full.clone(), full.clone());
+        self.in_flight = Some(InFlight {
+            hash: tokio::task::spawn_blocking(move || {
+                hash.update(&to_hash);
+                hash
+            }),
+            write: tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let result = file.write_all(&to_write);
+                (file, result)
+            }),
+            buf: full,
+        });
         Ok(())
     }
 
@@ -267,7 +289,7 @@ impl<'a> Sink<'a> {
                     source: e,
                 })?;
         }
-        self.hash = ring::digest::Context::new(&ring::digest::SHA256);
+        self.hash = Some(ring::digest::Context::new(&ring::digest::SHA256));
         self.written = 0;
         Ok(())
     }
@@ -278,15 +300,15 @@ impl<'a> Sink<'a> {
             self.submit().await?;
         }
         self.settle().await?;
-        let Some(file) = self.file.take() else {
-            return Err(self.write_err(std::io::Error::other("slot writer lost its file")));
+        let (Some(file), Some(hash)) = (self.file.take(), self.hash.take()) else {
+            return Err(self.lost());
         };
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
             .map_err(|e| self.write_err(std::io::Error::other(e)))?
             .map_err(|e| self.write_err(e))?;
         let mut actual = [0u8; 32];
-        actual.copy_from_slice(self.hash.finish().as_ref());
+        actual.copy_from_slice(hash.finish().as_ref());
         let actual = Digest(actual);
         if actual != expected.sha256 {
             return Err(InstallError::Digest {
