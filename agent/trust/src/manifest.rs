@@ -34,6 +34,10 @@ pub struct Manifest {
     pub os: Option<OsImage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apps: Option<AppsRef>,
+    /// Staged rollout: the share of devices (0–100) that take this release
+    /// from the channel, chosen by a stable per-device hash. Absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u8>,
 }
 
 /// The OS root filesystem image of a release.
@@ -47,6 +51,11 @@ pub struct OsImage {
     pub sha256: Digest,
     /// Where the image is, relative to the manifest's URL or directory.
     pub path: String,
+    /// The image's chunk archive (bitar), relative like `path`: a device
+    /// that has it clones the image from its running slot and fetches only
+    /// the chunks it lacks. Absent: the whole image is fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 /// The app release (Compose file) of a release.

@@ -14,8 +14,10 @@ fn manifest(version: u64) -> Manifest {
             size: 512 << 20,
             sha256: Digest::of(b"rootfs"),
             path: "os/rootfs.ext4".into(),
+            archive: None,
         }),
         apps: None,
+        rollout: None,
     }
 }
 
