@@ -327,6 +327,12 @@ impl Agent {
         std::mem::take(&mut *self.received.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The agent's configuration file; edit it between [`Agent::kill9`] and
+    /// [`Agent::restart`].
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }

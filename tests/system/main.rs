@@ -5,6 +5,7 @@
 
 mod apps;
 mod bench;
+mod channel;
 mod config;
 mod device;
 mod images;

@@ -14,9 +14,9 @@ use crate::device::Device;
 
 const SLOT_SIZE: u64 = 160 << 20;
 
-struct Update {
-    dir: tempfile::TempDir,
-    device: Device,
+pub struct Update {
+    pub dir: tempfile::TempDir,
+    pub device: Device,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -31,35 +31,35 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 impl Update {
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn p(&self, name: &str) -> String {
+    pub fn p(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
 
     /// The U-Boot environment as fw_printenv prints it.
-    fn env(&self) -> String {
+    pub fn env(&self) -> String {
         let out = run(Command::new("fw_printenv").args(["-c", &self.p("fw_env.config")]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn var(&self, name: &str) -> String {
+    pub fn var(&self, name: &str) -> String {
         self.env()
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
             .unwrap_or_default()
     }
 
-    fn set_var(&self, name: &str, value: &str) {
+    pub fn set_var(&self, name: &str, value: &str) {
         run(Command::new("fw_setenv").args(["-c", &self.p("fw_env.config"), name, value]));
     }
 
     /// A signed release `version` whose OS image is `image` (written as
     /// `rootfs-<version>.img` beside the manifest), with `tweak` applied
     /// to the manifest JSON before signing.
-    fn release(
+    pub fn release(
         &self,
         version: u64,
         image: &[u8],
@@ -92,14 +92,14 @@ impl Update {
     }
 
     /// `os install`, as JSON lines; the process's output.
-    fn install(&self, release: &str) -> Output {
+    pub fn install(&self, release: &str) -> Output {
         cli(self.device.bus.address())
             .args(["os", "install", release, "--json"])
             .output()
             .expect("cli")
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> serde_json::Value {
         let out = cli(self.device.bus.address())
             .args(["os", "status", "--json"])
             .output()
@@ -110,7 +110,7 @@ impl Update {
 
     /// Power-cycles into `slot`: the agent dies, the boot script spends one
     /// try of the slot it boots, and the agent starts on the new boot.
-    fn reboot_into(&mut self, slot: &str, boot: u32) {
+    pub fn reboot_into(&mut self, slot: &str, boot: u32) {
         self.device.agent.kill9();
         let left = format!("BOOT_{slot}_LEFT");
         let tries: u32 = self.var(&left).parse().unwrap_or(1);
@@ -124,7 +124,7 @@ impl Update {
         self.device.agent.restart();
     }
 
-    async fn state_becomes(&self, state: &str) -> serde_json::Value {
+    pub async fn state_becomes(&self, state: &str) -> serde_json::Value {
         eventually(60, &format!("OS update state {state}"), || async {
             let s = self.status();
             (s["state"] == state).then_some(s)
@@ -133,14 +133,14 @@ impl Update {
     }
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub fn sha256(bytes: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -154,7 +154,7 @@ fn sha256(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout)[..64].to_owned()
 }
 
-fn random(len: usize, seed: u8) -> Vec<u8> {
+pub fn random(len: usize, seed: u8) -> Vec<u8> {
     // xorshift: incompressible enough, different per seed.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(seed);
     (0..len)
@@ -172,6 +172,11 @@ fn file_hash(path: &Path) -> String {
 }
 
 async fn start(health_timeout: &str) -> Update {
+    start_with(health_timeout, "").await
+}
+
+/// [`start`], with more configuration after the `[update]` section.
+pub async fn start_with(health_timeout: &str, extra: &str) -> Update {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| dir.path().join(name).display().to_string();
@@ -229,6 +234,7 @@ health_timeout = "{health_timeout}"
 health_dir = "{}"
 cmdline = "{}"
 boot_id = "{}"
+{extra}
 "#,
         p("fw_env.config"),
         p("slotA.img"),
@@ -513,7 +519,11 @@ async fn killed_while_writing_the_slot_stays_out_of_boot_and_is_written_again() 
 
 /// A one-service apps release running `web` (variant `variant` of the
 /// test image), written beside the manifests; (file name, size, sha256).
-fn apps_release(u: &Update, version: &str, web: &containeros_tests::TestImage) -> (String, usize, String) {
+pub fn apps_release(
+    u: &Update,
+    version: &str,
+    web: &containeros_tests::TestImage,
+) -> (String, usize, String) {
     let text = format!(
         r#"name: travel
 x-containeros:
@@ -530,7 +540,7 @@ services:
     (name, text.len(), sha256(text.as_bytes()))
 }
 
-fn web_variant(u: &Update) -> Option<String> {
+pub fn web_variant(u: &Update) -> Option<String> {
     let id = crate::apps::try_docker(
         &u.device,
         &[

@@ -27,8 +27,8 @@ mod model;
 pub use duration::Duration;
 pub use error::ConfigError;
 pub use model::{
-    AbsPath, AgentSection, AppsSection, Bootloader, Bus, Config, DbusSection, EngineKind, EngineSection,
-    UnitName, UpdateSection,
+    AbsPath, AgentSection, AppsSection, Bootloader, Bus, ChannelMode, ChannelSection, Config, DbusSection,
+    EngineKind, EngineSection, UnitName, UpdateSection, maintenance_window,
 };
 
 use std::path::{Path, PathBuf};

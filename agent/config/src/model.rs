@@ -17,6 +17,50 @@ pub struct Config {
     pub engine: EngineSection,
     pub apps: AppsSection,
     pub update: UpdateSection,
+    pub channel: ChannelSection,
+}
+
+/// What the agent does with a newer release it finds on its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelMode {
+    /// Apply it: apps at once, an OS update written and rebooted into
+    /// (inside the maintenance window).
+    #[default]
+    Auto,
+    /// Apply apps; write an OS update into the inactive slot, but leave the
+    /// reboot to a person (`containeros os reboot`).
+    DownloadOnly,
+    /// Only report it.
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSection {
+    /// The channel: an `https://` URL or a directory (offline, USB) holding
+    /// `manifest.json`; empty: no channel.
+    pub url: String,
+    pub mode: ChannelMode,
+    /// Time between two polls (varied by ±25 % per device).
+    pub interval: Duration,
+    /// `HH:MM-HH:MM` in UTC when OS updates may reboot the device; empty:
+    /// any time.
+    pub maintenance_window: String,
+    /// Extra CA certificate (PEM) the channel's server is trusted by.
+    pub ca_file: String,
+}
+
+impl Default for ChannelSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            mode: ChannelMode::Auto,
+            interval: Duration::from_secs(3600),
+            maintenance_window: String::new(),
+            ca_file: String::new(),
+        }
+    }
 }
 
 /// How the A/B root slots are switched.
@@ -264,6 +308,22 @@ impl Config {
                 .unwrap_or_default();
             ConfigError::invalid_at(&path, at.map(|l| (l.line, l.column)), Some(key), &message, hint)
         };
+        if !self.channel.maintenance_window.is_empty()
+            && maintenance_window(&self.channel.maintenance_window).is_none()
+        {
+            return Err(located(
+                "channel.maintenance_window",
+                format!("\"{}\" is not a time window", self.channel.maintenance_window),
+                "write it as \"HH:MM-HH:MM\" in UTC, e.g. \"02:00-05:00\", or \"\" for any time",
+            ));
+        }
+        if self.channel.interval.get() < std::time::Duration::from_secs(10) {
+            return Err(located(
+                "channel.interval",
+                format!("{} is too short for polling a server", self.channel.interval),
+                "use at least \"10s\"",
+            ));
+        }
         if e.check_interval.get() < std::time::Duration::from_secs(1) {
             return Err(located(
                 "engine.check_interval",
@@ -419,4 +479,17 @@ mod optional_unit {
         }
         UnitName::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(s)).map(Some)
     }
+}
+
+/// A `HH:MM-HH:MM` window as minutes of the day (start, end); the end may
+/// be before the start (a window across midnight).
+pub fn maintenance_window(text: &str) -> Option<(u32, u32)> {
+    let minutes = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+    };
+    let (a, b) = text.split_once('-')?;
+    let (a, b) = (minutes(a)?, minutes(b)?);
+    (a != b).then_some((a, b))
 }

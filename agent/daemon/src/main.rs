@@ -7,6 +7,7 @@
 
 mod apps;
 mod args;
+mod channel;
 mod device;
 mod logging;
 mod os;

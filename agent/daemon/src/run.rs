@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::apps;
+use crate::channel;
 use crate::device;
 use crate::os;
 
@@ -32,6 +33,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     let connection = connect(&config.dbus.bus).await?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(8);
     let status = initial_status(config.agent.os_release.as_path(), config.update.cmdline.as_path());
+    let os_version = status.os_version.clone();
     let served = containeros_api::serve_on(&connection, status, commands_tx)
         .await
         .context("cannot serve the D-Bus API object")?;
@@ -145,16 +147,17 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         target: target_rx_health,
         kind: engine_kind,
     });
+    let apps_target: Arc<dyn os::AppsTarget> = Arc::new(AppsTargetOf {
+        settings: apps_settings.clone(),
+        target: target_tx.clone(),
+        kind: engine_kind,
+    });
     let (availability, os_task) = match os::Updater::new(
         &config.update,
         config.agent.state_dir.as_path(),
         rebooter,
         health,
-        Arc::new(AppsTargetOf {
-            settings: apps_settings.clone(),
-            target: target_tx.clone(),
-            kind: engine_kind,
-        }),
+        apps_target.clone(),
         os_reports_tx,
     ) {
         Ok(Some(updater)) => (
@@ -170,6 +173,28 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         }
     };
     let os_reporter = tokio::spawn(publish_os_reports(os_reports_rx, served.installer.clone()));
+
+    // The release channel, when one is configured.
+    let channel_task = (!config.channel.url.is_empty()).then(|| {
+        let keys = config
+            .update
+            .trusted_keys
+            .iter()
+            .filter_map(|k| containeros_trust::PublicKey::parse(k).ok())
+            .collect();
+        tokio::spawn(channel::run(
+            channel::Channel {
+                config: config.channel.clone(),
+                keys,
+                state_dir: config.agent.state_dir.as_path().to_owned(),
+                os_version: os_version.clone(),
+                machine_id: std::fs::read_to_string("/etc/machine-id").unwrap_or_default(),
+                os: (availability == os::Availability::Running).then(|| os_tx.clone()),
+                apps: apps_target.clone(),
+            },
+            stop_rx.clone(),
+        ))
+    });
 
     let ready = format!("serving {BUS_NAME}");
     notifier
@@ -257,6 +282,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     if let Some(task) = os_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(task) = channel_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     mirror.abort();
