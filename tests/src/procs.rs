@@ -25,7 +25,15 @@ pub fn bin(name: &str) -> PathBuf {
         let mut build = Command::new(cargo);
         build
             .current_dir(&workspace)
-            .args(["build", "--bin", "containeros-agent", "--bin", "containeros"])
+            .args([
+                "build",
+                "--bin",
+                "containeros-agent",
+                "--bin",
+                "containeros",
+                "--bin",
+                "containeros-publish",
+            ])
             .env("CARGO_TARGET_DIR", profile_dir.parent().expect("target"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");

@@ -13,4 +13,5 @@ mod lifecycle;
 mod os;
 mod podman;
 mod policy;
+mod publish;
 mod release;
