@@ -35,6 +35,8 @@ use crate::store;
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The longest one engine request of an apply may take.
+const ENGINE_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often an update waiting on a lock looks at the lock again.
 const LOCK_POLL: Duration = Duration::from_secs(5);
 
@@ -163,7 +165,10 @@ impl Settings {
 
     async fn engine(&self) -> Result<DockerApps, String> {
         let client = DockerProbe::new(&self.socket, self.timeout).client().await?;
-        Ok(DockerApps::new(client))
+        // Container operations take far longer than a ping (a stop waits
+        // out the service's grace period, a loaded device starts slowly):
+        // the ping's timeout (engine.check_timeout) is only for connecting.
+        Ok(DockerApps::new(client.with_timeout(ENGINE_REQUEST_TIMEOUT)))
     }
 }
 
