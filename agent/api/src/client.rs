@@ -88,6 +88,8 @@ pub trait Installer {
     #[zbus(property)]
     fn bytes_total(&self) -> zbus::Result<u64>;
     #[zbus(property)]
+    fn bytes_fetched(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
     fn last_error(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn last_result(&self) -> zbus::Result<String>;
@@ -201,6 +203,7 @@ pub async fn installer_status(proxy: &InstallerProxy<'_>) -> Result<InstallerSta
         version: number(&all, "Version"),
         bytes_done: number(&all, "BytesDone"),
         bytes_total: number(&all, "BytesTotal"),
+        bytes_fetched: number(&all, "BytesFetched"),
         last_error: string(&all, "LastError"),
         last_result: string(&all, "LastResult"),
     })

@@ -76,6 +76,10 @@ pub struct InstallerStatus {
     pub bytes_done: u64,
     /// Bytes of the OS image in total; 0 when not known yet.
     pub bytes_total: u64,
+    /// Bytes fetched from the network (or read from the source) for the
+    /// current or last update, including any fetched twice: what the
+    /// update cost on a metered link.
+    pub bytes_fetched: u64,
     /// The last install problem, in words for people; "" when none.
     pub last_error: String,
     /// How the last install ended, in words for people; "" when none yet.
@@ -90,6 +94,7 @@ impl Default for InstallerStatus {
             version: 0,
             bytes_done: 0,
             bytes_total: 0,
+            bytes_fetched: 0,
             last_error: String::new(),
             last_result: String::new(),
         }

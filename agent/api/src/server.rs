@@ -386,6 +386,11 @@ impl InstallerInterface {
     }
 
     #[zbus(property)]
+    fn bytes_fetched(&self) -> u64 {
+        self.status.bytes_fetched
+    }
+
+    #[zbus(property)]
     fn last_error(&self) -> &str {
         &self.status.last_error
     }
@@ -480,6 +485,9 @@ async fn emit_installer_changes(
     }
     if before.bytes_total != after.bytes_total {
         iface.bytes_total_changed(e).await?;
+    }
+    if before.bytes_fetched != after.bytes_fetched {
+        iface.bytes_fetched_changed(e).await?;
     }
     if before.last_error != after.last_error {
         iface.last_error_changed(e).await?;

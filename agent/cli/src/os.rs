@@ -276,9 +276,14 @@ fn human(agent: &Status, i: &InstallerStatus) -> String {
     } else {
         amount(i.bytes_done, i.bytes_total)
     };
+    let fetched = if i.bytes_fetched == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1} MiB", i.bytes_fetched as f64 / f64::from(1u32 << 20))
+    };
     format!(
         "Booted slot:  {}\nOS version:   {}\nUpdate state: {}\nTarget slot:  {}\nVersion:      {version}\n\
-         Written:      {written}\nLast result:  {}\nLast error:   {}\n",
+         Written:      {written}\nFetched:      {fetched}\nLast result:  {}\nLast error:   {}\n",
         or_dash(&agent.booted_slot),
         or_dash(&agent.os_version),
         or_dash(&i.state),
@@ -379,7 +384,7 @@ mod tests {
         assert_eq!(
             human(&agent, &installer),
             "Booted slot:  A\nOS version:   1.4\nUpdate state: downloading\nTarget slot:  B\nVersion:      8\n\
-             Written:      256.0 / 1024.0 MiB (25%)\nLast result:  -\nLast error:   -\n"
+             Written:      256.0 / 1024.0 MiB (25%)\nFetched:      -\nLast result:  -\nLast error:   -\n"
         );
         let idle = human(&Status::default(), &InstallerStatus::default());
         assert!(idle.contains("Update state: idle\n"), "{idle}");
@@ -395,7 +400,7 @@ mod tests {
             json,
             serde_json::json!({
                 "booted_slot": "A", "os_version": "1.4", "state": "downloading", "target_slot": "B",
-                "version": 8, "bytes_done": 268435456u64, "bytes_total": 1073741824u64,
+                "version": 8, "bytes_done": 268435456u64, "bytes_total": 1073741824u64, "bytes_fetched": 0,
                 "last_error": "", "last_result": "",
             })
         );

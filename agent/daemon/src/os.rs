@@ -76,6 +76,8 @@ pub enum Report {
         done: u64,
         total: u64,
     },
+    /// Bytes the update fetched from its source so far (bandwidth).
+    Fetched(u64),
     Completed {
         success: bool,
         state: String,
@@ -518,6 +520,7 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
     }
     let image = resolve(source, &os.path)?;
     updater.forget_apps();
+    let _ = updater.reports.send(Report::Fetched(envelope.len() as u64));
     if let Some(apps) = &manifest.apps {
         stage_apps(updater, source, apps).await?;
     }
@@ -771,6 +774,7 @@ async fn write(
         }
     };
     let report = installed.map_err(|e| e.to_string())?;
+    let _ = updater.reports.send(Report::Fetched(report.fetched));
     info!(
         written = report.written,
         fetched = report.fetched,

@@ -487,6 +487,7 @@ async fn publish_os_reports(
                     })
                     .await
             }
+            os::Report::Fetched(bytes) => installer.update(|s| s.bytes_fetched = bytes).await,
             os::Report::Progress { state, done, total } => {
                 let updated = installer
                     .update(|s| {
