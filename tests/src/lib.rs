@@ -14,10 +14,12 @@
 //! - [`Agent`]: the built `containeros-agent`, started with a config made by
 //!   the test and a `NOTIFY_SOCKET` the harness reads readiness from.
 //! - [`bin`]: the workspace's binaries, built once per test run.
+//! - [`https`]: an HTTPS file server on loopback that can cut connections.
 //! - [`busybox_image`]: test images built from Debian's static busybox and
 //!   pushed to the local registry, so the agent's pulls are real pulls.
 
 mod bus;
+pub mod https;
 mod images;
 mod procs;
 mod units;

@@ -7,6 +7,7 @@ mod apps;
 mod bench;
 mod channel;
 mod config;
+mod delta;
 mod device;
 mod images;
 mod lifecycle;

@@ -76,7 +76,9 @@ pub enum Report {
         done: u64,
         total: u64,
     },
-    /// Bytes the update fetched from its source so far (bandwidth).
+    /// A new update begins: its bandwidth count starts at zero.
+    FetchStarted,
+    /// Bytes the update fetched from its sources, added to its count.
     Fetched(u64),
     Completed {
         success: bool,
@@ -209,6 +211,9 @@ pub struct Updater {
     health: Arc<dyn Health>,
     apps: Arc<dyn AppsTarget>,
     reports: mpsc::UnboundedSender<Report>,
+    /// A CA bundle trusted besides the system's for every download of an
+    /// update (`channel.ca_file`): manifests, images, archives, apps.
+    ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Updater {
@@ -235,6 +240,7 @@ impl Updater {
     /// `None` when `update.bootloader` is `none`. Errors name the config key.
     pub fn new(
         config: &UpdateSection,
+        ca_file: Option<&Path>,
         state_dir: &Path,
         rebooter: Arc<dyn Rebooter>,
         health: Arc<dyn Health>,
@@ -312,7 +318,22 @@ impl Updater {
             health,
             apps,
             reports,
+            ca_file: ca_file.map(Path::to_owned),
         }))
+    }
+
+    /// The HTTPS client for the update's downloads.
+    fn client(&self) -> Result<reqwest::Client, String> {
+        containeros_update::http::client(self.ca_file.as_deref(), false, Default::default()).map_err(|e| {
+            format!(
+                "{e}{}",
+                if self.ca_file.is_some() {
+                    "; check channel.ca_file"
+                } else {
+                    ""
+                }
+            )
+        })
     }
 
     fn boot_id(&self) -> String {
@@ -471,6 +492,9 @@ pub async fn run(
 struct Started {
     record: Record,
     image: ImageSource,
+    /// The image's chunk archive, when the release has one: the slot is then
+    /// cloned from what the device holds, fetching only the missing chunks.
+    archive: Option<ImageSource>,
     device: PathBuf,
 }
 
@@ -492,7 +516,7 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
     }
     let booted = updater.booted()?;
     let target = booted.other();
-    let envelope = fetch_manifest(source).await?;
+    let envelope = fetch_manifest(updater, source).await?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -519,7 +543,9 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
         );
     }
     let image = resolve(source, &os.path)?;
+    let archive = os.archive.as_deref().map(|a| resolve(source, a)).transpose()?;
     updater.forget_apps();
+    let _ = updater.reports.send(Report::FetchStarted);
     let _ = updater.reports.send(Report::Fetched(envelope.len() as u64));
     if let Some(apps) = &manifest.apps {
         stage_apps(updater, source, apps).await?;
@@ -545,8 +571,11 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
         .boot
         .mark_bad(target)
         .map_err(|e| format!("cannot disable slot {target} in the bootloader before writing it: {e}"))?;
-    store::write_atomic(&updater.source_file(), image_text(&image).as_bytes())
-        .map_err(|e| format!("cannot record the update source: {e}"))?;
+    store::write_atomic(
+        &updater.source_file(),
+        source_text(&image, archive.as_ref()).as_bytes(),
+    )
+    .map_err(|e| format!("cannot record the update source: {e}"))?;
     let record = updater.step(
         &record,
         Transition::Begin(Update {
@@ -571,8 +600,32 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
     Ok(Started {
         record,
         image,
+        archive,
         device,
     })
+}
+
+/// What `source_file` keeps for a restart: the image's location, and the
+/// archive's on a second line.
+fn source_text(image: &ImageSource, archive: Option<&ImageSource>) -> String {
+    match archive {
+        Some(a) => format!("{}\n{}\n", image_text(image), image_text(a)),
+        None => format!("{}\n", image_text(image)),
+    }
+}
+
+/// Reads back [`source_text`].
+fn parse_source_text(text: &str) -> Result<(ImageSource, Option<ImageSource>), String> {
+    let location = |line: &str| {
+        if is_url(line) {
+            ImageSource::Url(line.to_owned())
+        } else {
+            ImageSource::File(PathBuf::from(line))
+        }
+    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let image = lines.next().ok_or("the interrupted update's source is empty")?;
+    Ok((location(image), lines.next().map(location)))
 }
 
 fn image_text(image: &ImageSource) -> String {
@@ -586,11 +639,10 @@ fn is_url(source: &str) -> bool {
     source.starts_with("https://") || source.starts_with("http://")
 }
 
-async fn fetch_manifest(source: &str) -> Result<Vec<u8>, String> {
+async fn fetch_manifest(updater: &Updater, source: &str) -> Result<Vec<u8>, String> {
     const LIMIT: u64 = 1 << 20;
     if is_url(source) {
-        let client =
-            containeros_update::http::client(None, false, Default::default()).map_err(|e| e.to_string())?;
+        let client = updater.client()?;
         let response = client
             .get(source)
             .send()
@@ -637,7 +689,11 @@ async fn stage_apps(
         ImageSource::File(path) => {
             std::fs::read(path).map_err(|e| format!("cannot read the apps release {shown}: {e}"))?
         }
-        ImageSource::Url(url) => fetch_manifest(url).await?,
+        ImageSource::Url(url) => {
+            let bytes = fetch_manifest(updater, url).await?;
+            let _ = updater.reports.send(Report::Fetched(bytes.len() as u64));
+            bytes
+        }
     };
     if bytes.len() as u64 != apps.size || Digest::of(&bytes) != apps.sha256 {
         return Err(format!(
@@ -690,9 +746,10 @@ async fn write_and_switch(updater: Arc<Updater>, started: Started, reboot: bool)
     let Started {
         record,
         image,
+        archive,
         device,
     } = started;
-    let result = write(&updater, record, &image, &device).await;
+    let result = write(&updater, record, &image, archive.as_ref(), &device).await;
     finish_switch(&updater, result, reboot).await;
 }
 
@@ -729,6 +786,7 @@ async fn write(
     updater: &Updater,
     record: Record,
     image: &ImageSource,
+    archive: Option<&ImageSource>,
     device: &Path,
 ) -> Result<Record, String> {
     let update = record.update.clone().ok_or("the update state names no update")?;
@@ -736,44 +794,90 @@ async fn write(
         size: update.size,
         sha256: update.sha256,
     };
+    // Built once; its error (a bad `channel.ca_file`) matters only for URLs.
+    let client = updater.client();
+    fn source<'a>(
+        location: &'a ImageSource,
+        client: &'a Result<reqwest::Client, String>,
+    ) -> Result<Source<'a>, String> {
+        Ok(match location {
+            ImageSource::File(path) => Source::File(path.as_path()),
+            ImageSource::Url(url) => Source::Url {
+                client: client.as_ref().map_err(Clone::clone)?,
+                url: url.as_str(),
+            },
+        })
+    }
     let reports = updater.reports.clone();
-    let mut last = 0u64;
-    let mut progress = move |done: u64, total: u64| {
-        // A report per MiB at most.
-        if done == total || done >= last + (1 << 20) || done < last {
-            last = done;
+    let mut last = (String::new(), 0u64);
+    let mut progress = move |state: &str, done: u64, total: u64| {
+        // A report per MiB at most, and one at each change of step.
+        if done == total || done >= last.1 + (1 << 20) || done < last.1 || state != last.0 {
+            last = (state.to_owned(), done);
             let _ = reports.send(Report::Progress {
-                state: State::Downloading.name().to_owned(),
+                state: state.to_owned(),
                 done,
                 total,
             });
         }
     };
-    let installed = match image {
-        ImageSource::File(path) => {
-            containeros_update::install(
-                Source::File(path),
-                device,
-                &expected,
-                &Retry::default(),
-                &mut progress,
-            )
-            .await
+
+    if let Some(archive) = archive {
+        // The running slot is the seed: the new image is mostly in it.
+        let seed = updater
+            .slots
+            .device(update.previous, &updater.host)
+            .map_err(|e| e.to_string())?;
+        let seeds = [containeros_delta::Seed::new(&seed)];
+        let cloned = containeros_delta::clone_into(
+            source(archive, &client)?,
+            &seeds,
+            device,
+            &expected,
+            &Retry::default(),
+            &mut |p: containeros_delta::Progress| {
+                let state = match p.phase {
+                    containeros_delta::Phase::ScanTarget | containeros_delta::Phase::ScanSeed(_) => {
+                        "scanning"
+                    }
+                    containeros_delta::Phase::Fetch => State::Downloading.name(),
+                    containeros_delta::Phase::Verify => "verifying",
+                };
+                progress(state, p.done, p.total);
+            },
+        )
+        .await;
+        match cloned {
+            Ok(report) => {
+                let _ = updater.reports.send(Report::Fetched(report.fetched_bytes));
+                info!(
+                    fetched = report.fetched_bytes,
+                    fetched_chunks = report.fetched_chunks,
+                    reused = report.reused_bytes,
+                    reused_chunks = report.reused_chunks,
+                    resumes = report.resumes,
+                    "OS image cloned from the running slot and the delta; its SHA-256 matches the manifest"
+                );
+                let record = updater.step(&record, Transition::Written)?;
+                let record = updater.step(&record, Transition::Verified)?;
+                return switch(updater, record);
+            }
+            Err(e) => warn!(
+                archive = %image_text(archive),
+                "the delta update failed ({e}); downloading the whole image instead"
+            ),
         }
-        ImageSource::Url(url) => {
-            let client = containeros_update::http::client(None, false, Default::default())
-                .map_err(|e| e.to_string())?;
-            containeros_update::install(
-                Source::Url { client: &client, url },
-                device,
-                &expected,
-                &Retry::default(),
-                &mut progress,
-            )
-            .await
-        }
-    };
-    let report = installed.map_err(|e| e.to_string())?;
+    }
+
+    let report = containeros_update::install(
+        source(image, &client)?,
+        device,
+        &expected,
+        &Retry::default(),
+        &mut |done, total| progress(State::Downloading.name(), done, total),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let _ = updater.reports.send(Report::Fetched(report.fetched));
     info!(
         written = report.written,
@@ -862,17 +966,13 @@ async fn resume(updater: Arc<Updater>) {
                 }
                 let source = std::fs::read_to_string(updater.source_file())
                     .map_err(|e| format!("the interrupted update's source is lost: {e}"))?;
-                let image = if is_url(&source) {
-                    ImageSource::Url(source)
-                } else {
-                    ImageSource::File(PathBuf::from(source))
-                };
+                let (image, archive) = parse_source_text(&source)?;
                 let device = updater
                     .slots
                     .device(slot, &updater.host)
                     .map_err(|e| e.to_string())?;
                 info!(source = %image_text(&image), "writing the interrupted OS image again");
-                write(&updater, record.clone(), &image, &device).await
+                write(&updater, record.clone(), &image, archive.as_ref(), &device).await
             }
             .await;
             finish_switch(&updater, result, false).await;

@@ -154,6 +154,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     });
     let (availability, os_task) = match os::Updater::new(
         &config.update,
+        (!config.channel.ca_file.is_empty()).then(|| Path::new(&config.channel.ca_file)),
         config.agent.state_dir.as_path(),
         rebooter,
         health,
@@ -487,7 +488,8 @@ async fn publish_os_reports(
                     })
                     .await
             }
-            os::Report::Fetched(bytes) => installer.update(|s| s.bytes_fetched = bytes).await,
+            os::Report::FetchStarted => installer.update(|s| s.bytes_fetched = 0).await,
+            os::Report::Fetched(bytes) => installer.update(|s| s.bytes_fetched += bytes).await,
             os::Report::Progress { state, done, total } => {
                 let updated = installer
                     .update(|s| {

@@ -17,9 +17,7 @@
 //!
 //! The server is its own process so that the clone's peak RSS is its own.
 
-#[path = "../tests/support/server.rs"]
-#[allow(dead_code)]
-mod server;
+use containeros_tests::https as server;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -59,7 +59,7 @@ pub enum RollingHash {
 
 impl Default for Chunking {
     /// Tuned with `bench/delta` on a Debian 12 root image and its security
-    /// update (bench/delta/README.md has the sweep): an average of 32 KiB
+    /// update (`DELTA_OPTS` reruns it with other values): an average of 32 KiB
     /// beat 16 KiB (the header, 12 % of a delta at 16 KiB, halves) and
     /// 64 KiB (each changed region costs more); min 8 KiB equalled 16 KiB
     /// with smaller chunks around small edits. 256 KiB caps the device's

@@ -12,9 +12,9 @@ use containeros_delta::{
     ArchiveOptions, CloneReport, DeltaError, Expected, Phase, Progress, Seed, Source, build_archive,
     clone_into,
 };
+use containeros_tests::https::{Faults, Server, serve};
 use containeros_trust::Digest;
 use containeros_update::http::{Timeouts, client};
-use support::server::{Faults, Server, serve};
 use support::{edit, expected, fast_retry, ideal_delta, image, slot_file};
 
 const MIB: usize = 1 << 20;

@@ -6,6 +6,7 @@
 //! <channel>/manifest.json                      the current release (signed envelope)
 //! <channel>/releases/<version>/manifest.json   the same, kept per release
 //! <channel>/releases/<version>/os/rootfs.img   the root filesystem image
+//! <channel>/releases/<version>/os/rootfs.cba   its chunk archive (delta updates)
 //! <channel>/releases/<version>/apps.yml        the Compose file, images pinned by digest
 //! ```
 //!
@@ -14,6 +15,10 @@
 //! registry asks for them), so devices run exactly what was published. The
 //! release's files are written first and `manifest.json` last, by rename:
 //! a channel never names a file that is not there yet.
+//!
+//! The chunk archive lets a device clone the new image from the slot it
+//! runs, fetching only the chunks it lacks (`containeros-delta`); a device
+//! without it, or a server without range requests, takes the whole image.
 //!
 //! A host-side tool: it is not installed on devices.
 
@@ -51,6 +56,10 @@ struct Args {
     /// The OS version the image boots as (os-release VERSION_ID).
     #[arg(long)]
     os_version: Option<String>,
+    /// Publish the OS image without its chunk archive: devices then download
+    /// the whole image.
+    #[arg(long)]
+    no_delta: bool,
     /// The apps release (Compose file); images by tag are pinned by digest.
     #[arg(long, value_name = "FILE")]
     apps: Option<PathBuf>,
@@ -117,12 +126,27 @@ async fn publish(args: &Args) -> Result<String, String> {
                     .map_err(|e| format!("cannot copy {} into the channel: {e}", image.display()))?;
             }
             let (size, sha256) = hash_file(&target)?;
+            let archive = if args.no_delta {
+                None
+            } else {
+                let path = dir.join("os").join("rootfs.cba");
+                let info = containeros_delta::build_archive(&target, &path, &Default::default())
+                    .await
+                    .map_err(|e| format!("cannot build the chunk archive of {}: {e}", image.display()))?;
+                if info.image_sha256 != sha256 || info.image_size != size {
+                    return Err(format!(
+                        "{} changed while it was published; publish again",
+                        image.display()
+                    ));
+                }
+                Some(relative("os/rootfs.cba"))
+            };
             Some(OsImage {
                 version: version.clone(),
                 size,
                 sha256,
                 path: relative("os/rootfs.img"),
-                archive: None,
+                archive,
             })
         }
         _ => None,

@@ -1,10 +1,8 @@
 //! The delta tests' harness: deterministic images that look like a root
 //! filesystem to a chunker and a compressor, edits that shift content, and
-//! the HTTPS server.
+//! the HTTPS server (`containeros_tests::https`).
 
 #![allow(dead_code)]
-
-pub mod server;
 
 use std::path::Path;
 use std::time::Duration;

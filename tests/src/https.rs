@@ -1,8 +1,13 @@
-//! An HTTPS file server on loopback for the delta tests and benchmark:
-//! rustls with an rcgen CA, HTTP/1.1 keep-alive, `Range: bytes=a-b` and
-//! `If-Range`, and faults — connections cut once the bytes sent reach
-//! given totals, or every request refused after some total.
+//! An HTTPS file server on loopback for update tests and benchmarks: rustls
+//! with a CA made by the test (rcgen), HTTP/1.1 keep-alive, `Range:
+//! bytes=a-b` with `If-Range`, `If-None-Match` (304), and faults —
+//! connections cut once the body bytes sent reach given totals, or every
+//! request refused after some total. It serves one content at every path
+//! ([`serve`]) or a directory ([`serve_dir`]), such as a channel directory
+//! laid out by `containeros-publish`.
 
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
@@ -25,13 +30,17 @@ pub struct Faults {
 pub struct Stats {
     /// Body bytes written to connections.
     pub body_bytes: u64,
+    /// Request heads, in order.
     pub requests: Vec<String>,
     pub cuts: usize,
 }
 
 #[derive(Debug)]
 pub struct Server {
+    /// For [`serve`]: a URL of the content. For [`serve_dir`]: the
+    /// directory's URL, ending in `/`.
     pub url: String,
+    /// The CA that signed the server's certificate (PEM).
     pub ca_pem: tempfile::NamedTempFile,
     pub stats: Arc<Mutex<Stats>>,
 }
@@ -42,10 +51,74 @@ impl Server {
     }
 }
 
-const ETAG: &str = "\"archive-1\"";
+/// A file's strong ETag and content.
+type Entry = (String, Arc<Vec<u8>>);
 
-/// Serves `content` at every path until the runtime ends.
+/// What is served.
+enum Files {
+    One(Arc<Vec<u8>>),
+    Dir {
+        root: PathBuf,
+        /// Files read once per (length, mtime), so range requests are cheap.
+        cache: Mutex<HashMap<PathBuf, Entry>>,
+    },
+}
+
+impl Files {
+    /// The content and strong ETag at `path`, or `None` (404).
+    fn get(&self, path: &str) -> Option<Entry> {
+        match self {
+            Files::One(content) => Some(("\"archive-1\"".to_owned(), content.clone())),
+            Files::Dir { root, cache } => {
+                let relative = Path::new(path.split('?').next()?.trim_start_matches('/'));
+                if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+                    return None;
+                }
+                let file = root.join(relative);
+                let meta = std::fs::metadata(&file).ok().filter(std::fs::Metadata::is_file)?;
+                let mtime = meta
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_nanos();
+                let etag = format!("\"{}-{mtime}\"", meta.len());
+                let mut cache = cache.lock().expect("cache");
+                if let Some((tag, content)) = cache.get(&file)
+                    && *tag == etag
+                {
+                    return Some((etag, content.clone()));
+                }
+                let content = Arc::new(std::fs::read(&file).ok()?);
+                cache.insert(file, (etag.clone(), content.clone()));
+                Some((etag, content))
+            }
+        }
+    }
+}
+
+/// Serves `content` at every path until the runtime ends; `url` names
+/// `/os/rootfs.cba`.
 pub async fn serve(content: Arc<Vec<u8>>, faults: Faults) -> Server {
+    let mut server = start(Files::One(content), faults).await;
+    server.url.push_str("os/rootfs.cba");
+    server
+}
+
+/// Serves the files under `root` (read when asked, so files published
+/// later are served) until the runtime ends.
+pub async fn serve_dir(root: &Path, faults: Faults) -> Server {
+    start(
+        Files::Dir {
+            root: root.to_owned(),
+            cache: Mutex::new(HashMap::new()),
+        },
+        faults,
+    )
+    .await
+}
+
+async fn start(files: Files, faults: Faults) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
@@ -70,22 +143,23 @@ pub async fn serve(content: Arc<Vec<u8>>, faults: Faults) -> Server {
     let port = listener.local_addr().expect("addr").port();
     let stats = Arc::new(Mutex::new(Stats::default()));
     let faults = Arc::new(faults);
+    let files = Arc::new(files);
     {
         let stats = stats.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, content, faults, stats) =
-                    (acceptor.clone(), content.clone(), faults.clone(), stats.clone());
+                let (acceptor, files, faults, stats) =
+                    (acceptor.clone(), files.clone(), faults.clone(), stats.clone());
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
-                        connection(tls, &content, &faults, &stats).await;
+                        connection(tls, &files, &faults, &stats).await;
                     }
                 });
             }
         });
     }
     Server {
-        url: format!("https://localhost:{port}/os/rootfs.cba"),
+        url: format!("https://localhost:{port}/"),
         ca_pem,
         stats,
     }
@@ -94,7 +168,7 @@ pub async fn serve(content: Arc<Vec<u8>>, faults: Faults) -> Server {
 /// Requests on one connection until it closes or is cut.
 async fn connection(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    content: &[u8],
+    files: &Files,
     faults: &Faults,
     stats: &Mutex<Stats>,
 ) {
@@ -118,14 +192,33 @@ async fn connection(
                 k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
             })
         };
+        let mut request_line = head.lines().next().unwrap_or_default().split_whitespace();
+        let method = request_line.next().unwrap_or_default().to_owned();
+        let path = request_line.next().unwrap_or("/").to_owned();
         let sent_so_far = {
             let mut s = stats.lock().expect("stats");
             s.requests.push(head.clone());
             s.body_bytes
         };
+        let simple =
+            |status: &str, extra: String| format!("HTTP/1.1 {status}\r\n{extra}content-length: 0\r\n\r\n");
         if faults.dead_after.is_some_and(|d| sent_so_far >= d) {
             let _ = tls
-                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .write_all(simple("503 Service Unavailable", String::new()).as_bytes())
+                .await;
+            let _ = tls.flush().await;
+            continue;
+        }
+        let Some((etag, content)) = files.get(&path) else {
+            let _ = tls
+                .write_all(simple("404 Not Found", String::new()).as_bytes())
+                .await;
+            let _ = tls.flush().await;
+            continue;
+        };
+        if header("if-none-match").is_some_and(|v| v == etag) {
+            let _ = tls
+                .write_all(simple("304 Not Modified", format!("etag: {etag}\r\n")).as_bytes())
                 .await;
             let _ = tls.flush().await;
             continue;
@@ -133,19 +226,26 @@ async fn connection(
         let len = content.len() as u64;
         let range = header("range")
             .filter(|_| !faults.ignore_range)
-            .filter(|_| header("if-range").is_none_or(|v| v == ETAG))
+            .filter(|_| header("if-range").is_none_or(|v| v == etag))
             .and_then(|r| {
                 let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
                 let a: u64 = a.parse().ok()?;
-                let b: u64 = if b.is_empty() { len - 1 } else { b.parse().ok()? };
-                Some((a, b.min(len - 1)))
+                let b: u64 = if b.is_empty() {
+                    len.saturating_sub(1)
+                } else {
+                    b.parse().ok()?
+                };
+                Some((a, b.min(len.saturating_sub(1))))
             });
         let (status, from, to) = match range {
             Some((a, _)) if a >= len => {
                 let _ = tls
                     .write_all(
-                        format!("HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{len}\r\ncontent-length: 0\r\n\r\n")
-                            .as_bytes(),
+                        simple(
+                            "416 Range Not Satisfiable",
+                            format!("content-range: bytes */{len}\r\n"),
+                        )
+                        .as_bytes(),
                     )
                     .await;
                 let _ = tls.flush().await;
@@ -155,7 +255,7 @@ async fn connection(
             None => ("200 OK", 0, len),
         };
         let mut response = format!(
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\netag: {ETAG}\r\naccept-ranges: bytes\r\n",
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\netag: {etag}\r\naccept-ranges: bytes\r\n",
             to - from
         );
         if range.is_some() {
@@ -164,6 +264,12 @@ async fn connection(
         response += "\r\n";
         if tls.write_all(response.as_bytes()).await.is_err() {
             return;
+        }
+        if method == "HEAD" {
+            if tls.flush().await.is_err() {
+                return;
+            }
+            continue;
         }
         let mut at = from;
         while at < to {
