@@ -55,6 +55,16 @@ pub enum Error {
     Layer { digest: String, reason: String },
     #[error("image `{0}` is not in the store: pull it first")]
     ImageNotFound(String),
+    #[error("container {container}: {op} failed: {reason}")]
+    Runtime {
+        op: &'static str,
+        container: String,
+        reason: String,
+    },
+    #[error("no container `{0}`")]
+    NoContainer(String),
+    #[error("container `{name}`: {reason}")]
+    Container { name: String, reason: String },
     #[error("store record {}: {reason}; remove the file and pull the image again", path.display())]
     Record { path: PathBuf, reason: String },
 }
@@ -77,7 +87,10 @@ impl Error {
 
     /// Whether the registry reported the image (or the blob) missing.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Status { status: 404, .. } | Self::ImageNotFound(_))
+        matches!(
+            self,
+            Self::Status { status: 404, .. } | Self::ImageNotFound(_) | Self::NoContainer(_)
+        )
     }
 }
 

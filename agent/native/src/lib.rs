@@ -10,12 +10,15 @@
 //! - [`unpack`]: layer archives with whiteouts into overlayfs lower dirs.
 //! - [`pull`]: the pull that ties them together.
 
+pub mod containers;
 pub mod digest;
 pub mod error;
 pub mod oci;
 pub mod platform;
 pub mod pull;
 pub mod registry;
+pub mod runtime;
+pub mod spec;
 pub mod store;
 pub mod unpack;
 

@@ -298,3 +298,33 @@ pub async fn push_index(repo: &str, tag: &str, entries: &[(&str, Digest, u64)]) 
     let body = serde_json::to_vec(&index).expect("index JSON");
     push_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", &body).await
 }
+
+/// A layer with the host's static busybox as `/bin/busybox` and every
+/// applet linked to it, `/etc/passwd` and `/etc/group` (root, nobody),
+/// `/tmp`: a whole userland in one layer.
+pub fn busybox_layer() -> Layer {
+    let busybox =
+        std::fs::read("/bin/busybox").expect("reading /bin/busybox (install Debian's busybox-static)");
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let mut layer = Layer::default()
+        .dir("bin", 0o755)
+        .file("bin/busybox", 0o755, busybox)
+        .dir("etc", 0o755)
+        .file(
+            "etc/passwd",
+            0o644,
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        )
+        .file("etc/group", 0o644, "root:x:0:\nnobody:x:65534:\n")
+        .dir("tmp", 0o1777)
+        .dir("root", 0o700);
+    for applet in String::from_utf8_lossy(&list.stdout).lines().map(str::trim) {
+        if !applet.is_empty() && applet != "busybox" && !applet.contains('/') {
+            layer = layer.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    layer
+}
