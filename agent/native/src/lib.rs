@@ -12,6 +12,7 @@
 
 pub mod containers;
 pub mod digest;
+pub mod engine;
 pub mod error;
 pub mod oci;
 pub mod platform;
@@ -23,6 +24,7 @@ pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use engine::{NativeEngine, Settings};
 pub use error::{Error, Result};
 pub use platform::Platform;
 pub use pull::{Progress, pull};

@@ -53,6 +53,12 @@ impl Runtime {
             .arg(&self.root)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // The agent's own systemd notification socket is not the
+        // container's: with it set, the runtime would proxy sd_notify for
+        // the container (and fail on a socket path too long for the id).
+        c.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
         c
     }
 
