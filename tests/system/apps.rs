@@ -470,3 +470,50 @@ async fn disk_full_refuses_the_update_and_keeps_the_old_release() {
     );
     unchanged();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_reach_each_other_by_name_docker() {
+    services_reach_each_other_by_name(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_reach_each_other_by_name_native() {
+    services_reach_each_other_by_name(Backend::Native).await;
+}
+
+/// Two services on the release's default network: one serves `/variant`
+/// over HTTP, the other fetches it by the first one's service name.
+async fn services_reach_each_other_by_name(backend: Backend) {
+    require_image_services();
+    let (server, client) = (
+        busybox_image("names-server", "v1"),
+        busybox_image("names-client", "v1"),
+    );
+    let device = Device::start_on(backend).await;
+    device.engine_up().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"name: names
+x-containeros:
+  version: "1"
+services:
+  server:
+    image: {server}
+    command: ["httpd", "-f", "-p", "80", "-h", "/"]
+  client:
+    image: {client}
+    command: ["sh", "-c", "until wget -q -O /tmp/got http://server/variant; do sleep 0.2; done; trap 'exit 0' TERM; sleep 100000 & wait"]
+"#,
+        server = server.by_digest(),
+        client = client.by_digest(),
+    );
+    let path = dir.path().join("names.yml");
+    std::fs::write(&path, text).expect("write release");
+    apply(&device, &path.display().to_string());
+    let ids = containers(&device, "names");
+    let client_id = ids["client"][0].clone();
+    eventually(30, "the client fetched the server's page by name", || async {
+        (try_exec(&device, &client_id, &["cat", "/tmp/got"]).as_deref() == Some("v1")).then_some(())
+    })
+    .await;
+}

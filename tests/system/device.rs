@@ -53,8 +53,18 @@ impl Drop for NativeDirs {
                 let _ = self.runc(&["delete", "--force", &id]);
             }
         }
+        let quiet = |program: &str, args: &[&str]| {
+            let _ = std::process::Command::new(program)
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
         if let Ok(entries) = std::fs::read_dir(self.data().join("containers")) {
             for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let short = &id[..id.len().min(12)];
+                quiet("ip", &["netns", "del", &format!("cos{short}")]);
+                quiet("nft", &["delete", "table", "ip", &format!("p{short}")]);
                 let _ = nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
                 for controller in [
                     "memory", "cpu", "cpuacct", "pids", "devices", "freezer", "blkio", "cpuset", "systemd",
@@ -66,6 +76,21 @@ impl Drop for NativeDirs {
                             .join("containeros")
                             .join(e.file_name()),
                     );
+                }
+            }
+        }
+        // The release's bridges and their masquerade tables.
+        if let Ok(entries) = std::fs::read_dir(self.data().join("networks")) {
+            for e in entries.flatten() {
+                let Ok(bytes) = std::fs::read(e.path()) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    continue;
+                };
+                if let Some(bridge) = record["bridge"].as_str() {
+                    quiet("nft", &["delete", "table", "ip", &format!("n{bridge}")]);
+                    quiet("ip", &["link", "del", bridge]);
                 }
             }
         }

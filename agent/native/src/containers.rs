@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::network::{self, Attachment, Networks, PortMap};
 use crate::oci::{ImageConfig, RunConfig};
 use crate::runtime::Runtime;
 use crate::spec::{self, Bind, DeviceNode, Network, Plan};
@@ -96,6 +97,13 @@ pub struct Record {
     pub stop_signal: String,
     pub stop_grace_ms: u64,
     pub health: Option<HealthSpec>,
+    /// Bridge networks, the first one the default route.
+    #[serde(default)]
+    pub networks: Vec<Attachment>,
+    #[serde(default)]
+    pub ports: Vec<PortMap>,
+    #[serde(default)]
+    pub hostname: String,
 }
 
 /// A container's observed status.
@@ -118,7 +126,12 @@ pub struct Create<'a> {
     pub image: &'a ImageRecord,
     /// Named volumes, binds and the update-lock dir, sources resolved.
     pub binds: Vec<Bind>,
+    /// Host or isolated; ignored when `networks` is not empty.
     pub network: Network,
+    /// Bridge networks to join: (network name, aliases).
+    pub networks: Vec<(String, Vec<String>)>,
+    /// Published ports (only with `networks`).
+    pub ports: Vec<PortMap>,
     pub extra_env: Vec<String>,
 }
 
@@ -137,6 +150,7 @@ struct Live {
 pub struct Containers {
     store: Arc<Store>,
     runtime: Runtime,
+    networks: Networks,
     data: PathBuf,
     run: PathBuf,
     live: Mutex<HashMap<String, Live>>,
@@ -164,6 +178,7 @@ impl Containers {
         Ok(Self {
             store,
             runtime: Runtime::new(runtime_binary, run.join("runtime")),
+            networks: Networks::open(&data.join("networks"))?,
             data: data.to_owned(),
             run: run.to_owned(),
             live: Mutex::default(),
@@ -173,6 +188,10 @@ impl Containers {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub fn networks(&self) -> &Networks {
+        &self.networks
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -295,8 +314,23 @@ impl Containers {
             .map(|d| device_node(&d.host, &d.container, &d.permissions))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(bad)?;
+        let mut attachments = Vec::new();
+        for (net, aliases) in &c.networks {
+            match self.networks.lease(net, &id, aliases.clone()) {
+                Ok(a) => attachments.push(a),
+                Err(e) => {
+                    attachments.iter().for_each(|a| self.networks.release(a));
+                    return Err(e);
+                }
+            }
+        }
+        let network = if attachments.is_empty() {
+            c.network.clone()
+        } else {
+            Network::Join(network::netns_path(&id).display().to_string())
+        };
         let hostname = c.service.hostname.clone().unwrap_or_else(|| {
-            if c.network == Network::Host {
+            if network == Network::Host {
                 host_name()
             } else {
                 id[..12].to_owned()
@@ -317,7 +351,7 @@ impl Containers {
             hostname: hostname.clone(),
             binds,
             devices,
-            network: c.network.clone(),
+            network: network.clone(),
             cgroups_path: format!("/containeros/{id}"),
             extra_env: c.extra_env.clone(),
         };
@@ -339,6 +373,13 @@ impl Containers {
                 .unwrap_or_else(|| "SIGTERM".to_owned()),
             stop_grace_ms: u64::try_from(c.service.stop_grace_period.0.as_millis()).unwrap_or(u64::MAX),
             health,
+            ports: if attachments.is_empty() {
+                Vec::new()
+            } else {
+                c.ports.clone()
+            },
+            networks: attachments,
+            hostname: hostname.clone(),
         };
         for sub in ["upper", "work", "rootfs"] {
             let p = dir.join(sub);
@@ -347,7 +388,7 @@ impl Containers {
         let hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
         );
-        let resolv = if c.network == Network::Host {
+        let resolv = if network == Network::Host {
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         } else {
             std::fs::read_to_string("/etc/resolv.conf")
@@ -357,7 +398,7 @@ impl Containers {
                 .map(|l| format!("{l}\n"))
                 .collect()
         };
-        let host_hosts = if c.network == Network::Host {
+        let host_hosts = if network == Network::Host {
             std::fs::read_to_string("/etc/hosts").unwrap_or(hosts)
         } else {
             hosts
@@ -374,7 +415,37 @@ impl Containers {
         // The record last: a container without it was never created.
         let json = serde_json::to_vec_pretty(&record).map_err(|e| bad(e.to_string()))?;
         write_atomic(&dir.join("container.json"), &json)?;
+        if !record.networks.is_empty() {
+            self.refresh_hosts()?;
+        }
         Ok(id)
+    }
+
+    /// Rewrites `/etc/hosts` of every container on a bridge network: its
+    /// peers by service name and alias. In place: the file is bind-mounted.
+    fn refresh_hosts(&self) -> Result<()> {
+        let records = self.records()?;
+        for r in records.iter().filter(|r| !r.networks.is_empty()) {
+            let mut members: BTreeMap<std::net::Ipv4Addr, Vec<String>> = BTreeMap::new();
+            for peer in &records {
+                for a in peer
+                    .networks
+                    .iter()
+                    .filter(|a| r.networks.iter().any(|o| o.network == a.network))
+                {
+                    let names = members.entry(a.address).or_default();
+                    for n in a.aliases.iter().chain([&peer.name]) {
+                        if !names.contains(n) {
+                            names.push(n.clone());
+                        }
+                    }
+                }
+            }
+            let text = network::hosts_file(&r.hostname, &r.networks, &members);
+            let path = self.dir(&r.id).join("hosts");
+            std::fs::write(&path, text).map_err(Error::io("writing", &path))?;
+        }
+        Ok(())
     }
 
     /// The contents of `path` in the image's layers (top first, honouring
@@ -424,6 +495,13 @@ impl Containers {
         }
         self.runtime.delete(id).await?;
         self.mount_rootfs(record)?;
+        if let Some(first) = record.networks.first() {
+            for a in &record.networks {
+                self.networks.ensure(&a.network)?;
+            }
+            network::attach(id, &record.networks)?;
+            network::publish(id, first.address, &record.ports)?;
+        }
         let log = self.log_path(id);
         // The log lives in RAM: a restart begins it again when it grew large.
         if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_LIMIT) {
@@ -539,6 +617,9 @@ impl Containers {
         self.reap(id);
         self.runtime.delete(id).await?;
         self.unmount_rootfs(id);
+        if !record.ports.is_empty() {
+            network::unpublish(id);
+        }
         Ok(())
     }
 
@@ -598,6 +679,7 @@ impl Containers {
         let _op = self.op(&record.id).await;
         self.set_desired(&record.id, "stopped")?;
         self.halt(&record, Duration::ZERO, "KILL").await?;
+        network::detach(&record.id);
         let dir = self.dir(&record.id);
         // The record first, so a half-removed container is not listed.
         let _ = std::fs::remove_file(dir.join("container.json"));
@@ -607,6 +689,12 @@ impl Containers {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&record.id);
+        for a in &record.networks {
+            self.networks.release(a);
+        }
+        if !record.networks.is_empty() {
+            self.refresh_hosts()?;
+        }
         for controller in [
             "", "memory/", "cpu/", "cpuacct/", "pids/", "devices/", "freezer/", "blkio/", "cpuset/",
             "systemd/",

@@ -1,10 +1,9 @@
 //! The apps boundary ([`containeros_apps::engine::Engine`]) on the native
 //! engine: the same planner, executor, locks and health logic as on Docker.
 //!
-//! Networks are records (`<data>/networks/<name>.json`, with their release
-//! label); a container on a release network gets its own network namespace
-//! with loopback only until bridge networking lands, `network_mode: host`
-//! shares the host's.
+//! Networks are bridges ([`crate::network`]); `network_mode: host` shares
+//! the host's network, `none` and `bridge` (Docker's default bridge, which
+//! this engine does not have) give a namespace with loopback only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,14 +13,14 @@ use containeros_apps::engine::{ContainerSpec, Engine, EngineError, EngineResult,
 use containeros_apps::locks;
 use containeros_apps::plan::{Observed, ObservedContainer, ObservedNetwork};
 use containeros_apps::release::{Duration, ImageRef, MountSource, NetworkMode};
-use serde::{Deserialize, Serialize};
 
 use crate::containers::{Containers, Create, Status};
 use crate::error::Error;
+use crate::network::PortMap;
 use crate::platform::Platform;
 use crate::registry::Registry;
 use crate::spec::{Bind, Network};
-use crate::store::{Store, write_atomic};
+use crate::store::Store;
 
 /// Where the native engine keeps things and what it runs with.
 #[derive(Debug, Clone)]
@@ -40,13 +39,6 @@ pub struct NativeEngine {
     registry: Registry,
     containers: Arc<Containers>,
     platform: Platform,
-    networks: PathBuf,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct NetworkRecord {
-    name: String,
-    release: String,
 }
 
 fn error(operation: &'static str, target: &str, e: &Error) -> EngineError {
@@ -79,13 +71,10 @@ impl NativeEngine {
             &settings.data,
             &settings.run,
         )?);
-        let networks = settings.data.join("networks");
-        std::fs::create_dir_all(&networks).map_err(Error::io("creating", &networks))?;
         Ok(Self {
             registry: Registry::new(http),
             containers,
             platform: settings.platform.clone(),
-            networks,
         })
     }
 
@@ -95,24 +84,6 @@ impl NativeEngine {
 
     fn store(&self) -> &Store {
         self.containers.store()
-    }
-
-    fn network_path(&self, name: &str) -> PathBuf {
-        self.networks.join(format!("{name}.json"))
-    }
-
-    fn networks(&self) -> Result<Vec<NetworkRecord>, Error> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.networks).map_err(Error::io("reading", &self.networks))? {
-            let path = e.map_err(Error::io("reading", &self.networks))?.path();
-            if path.extension().is_some_and(|x| x == "json")
-                && let Ok(bytes) = std::fs::read(&path)
-                && let Ok(r) = serde_json::from_slice::<NetworkRecord>(&bytes)
-            {
-                out.push(r);
-            }
-        }
-        Ok(out)
     }
 
     fn observed(s: Status) -> ObservedContainer {
@@ -142,7 +113,9 @@ impl Engine for NativeEngine {
             .map(Self::observed)
             .collect();
         let networks = self
+            .containers
             .networks()
+            .list()
             .map_err(|e| error("list networks", "", &e))?
             .into_iter()
             .map(|n| ObservedNetwork {
@@ -200,39 +173,28 @@ impl Engine for NativeEngine {
     }
 
     async fn create_network(&self, name: &str, release: &str) -> EngineResult<()> {
-        let path = self.network_path(name);
-        if path.exists() {
-            return Err(EngineError {
+        match self.containers.networks().create(name, release) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EngineError {
                 kind: ErrorKind::Conflict,
                 operation: "create network",
                 target: name.to_owned(),
                 message: "a network of this name exists".to_owned(),
-            });
+            }),
+            Err(e) => Err(error("create network", name, &e)),
         }
-        let record = NetworkRecord {
-            name: name.to_owned(),
-            release: release.to_owned(),
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| EngineError {
-            kind: ErrorKind::Other,
-            operation: "create network",
-            target: name.to_owned(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, &bytes).map_err(|e| error("create network", name, &e))
     }
 
     async fn remove_network(&self, name: &str) -> EngineResult<()> {
-        let path = self.network_path(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError {
+        match self.containers.networks().remove(name) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EngineError {
                 kind: ErrorKind::NotFound,
                 operation: "remove network",
                 target: name.to_owned(),
                 message: "no such network".to_owned(),
             }),
-            Err(e) => Err(error("remove network", name, &Error::io("removing", &path)(e))),
+            Err(e) => Err(error("remove network", name, &e)),
         }
     }
 
@@ -298,6 +260,39 @@ impl Engine for NativeEngine {
             Some(NetworkMode::Host) => Network::Host,
             _ => Network::Isolated,
         };
+        // Every member answers to its service name on each of its networks.
+        let networks: Vec<(String, Vec<String>)> = s
+            .networks
+            .iter()
+            .map(|(key, attachment)| {
+                let name = spec.release.networks.get(key).map_or_else(
+                    || format!("{}_{key}", spec.release.name),
+                    |n| n.engine_name.clone(),
+                );
+                let mut aliases = vec![spec.service_name.to_owned()];
+                aliases.extend(attachment.aliases.iter().cloned());
+                (name, aliases)
+            })
+            .collect();
+        let mut ports = Vec::new();
+        for p in &s.ports {
+            let host_port = match p.published {
+                Some(port) => port,
+                None => free_port().map_err(|e| {
+                    error(
+                        "create container",
+                        spec.name,
+                        &Error::io("finding a free port for", "/proc/net")(e),
+                    )
+                })?,
+            };
+            ports.push(PortMap {
+                host_ip: p.host_ip.clone(),
+                host_port,
+                target: p.target,
+                protocol: p.protocol.as_str().to_owned(),
+            });
+        }
         let mut labels: BTreeMap<String, String> = s.labels.clone();
         labels.extend(spec.labels.clone());
         self.containers
@@ -308,6 +303,8 @@ impl Engine for NativeEngine {
                 image: &image,
                 binds,
                 network,
+                networks,
+                ports,
                 extra_env,
             })
             .await
@@ -401,4 +398,11 @@ impl Engine for NativeEngine {
             .logs(container, usize::try_from(lines).unwrap_or(usize::MAX))
             .map_err(|e| error("read logs of container", container, &e))
     }
+}
+
+/// A port no one listens on now (what an unpublished `ports:` entry gets).
+fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
 }

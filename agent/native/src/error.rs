@@ -61,6 +61,8 @@ pub enum Error {
         container: String,
         reason: String,
     },
+    #[error("{what}: {reason}")]
+    Network { what: String, reason: String },
     #[error("no container `{0}`")]
     NoContainer(String),
     #[error("container `{name}`: {reason}")]

@@ -14,6 +14,7 @@ pub mod containers;
 pub mod digest;
 pub mod engine;
 pub mod error;
+pub mod network;
 pub mod oci;
 pub mod platform;
 pub mod pull;

@@ -84,6 +84,8 @@ impl Harness {
                 image: &self.image,
                 binds,
                 network,
+                networks: vec![],
+                ports: vec![],
                 extra_env: vec![],
             })
             .await
@@ -429,4 +431,103 @@ async fn the_service_config_reaches_the_process() {
         "kept\n",
         "volumes outlive containers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_a_bridge_reach_each_other_by_name_and_publish_ports() {
+    use containeros_native::network::PortMap;
+    let h = Harness::new().await;
+    let net = format!("t_net{}", std::process::id());
+    assert!(h.containers.networks().create(&net, "t").expect("create network"));
+    let record = h
+        .containers
+        .networks()
+        .get(&net)
+        .expect("read")
+        .expect("network record");
+    assert!(
+        Path::new("/sys/class/net").join(&record.bridge).exists(),
+        "bridge is up"
+    );
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let create = |name: &'static str, yaml: String, aliases: Vec<String>, ports: Vec<PortMap>| {
+        let service = service(&yaml);
+        let h = &h;
+        let net = net.clone();
+        async move {
+            h.containers
+                .create(Create {
+                    name,
+                    labels: Default::default(),
+                    service: &service,
+                    image: &h.image,
+                    binds: vec![],
+                    network: Network::Isolated,
+                    networks: vec![(net, aliases)],
+                    ports,
+                    extra_env: vec![],
+                })
+                .await
+                .expect("create")
+        }
+    };
+    let web = create(
+        "web",
+        "    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/etc\"]\n".to_owned(),
+        vec!["web".into(), "www".into()],
+        vec![PortMap {
+            host_ip: None,
+            host_port: port,
+            target: 80,
+            protocol: "tcp".into(),
+        }],
+    )
+    .await;
+    let client = create(
+        "client",
+        "    command: [\"sh\", \"-c\", \"until wget -q -O - http://www/native-test; do sleep 0.2; done; sleep 100000\"]\n".to_owned(),
+        vec!["client".into()],
+        vec![],
+    )
+    .await;
+    h.containers.start(&web).await.expect("start web");
+    h.containers.start(&client).await.expect("start client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h.logs(&client).contains("busybox") {
+        assert!(
+            Instant::now() < deadline,
+            "client never reached web by name; client log:\n{}\nweb log:\n{}",
+            h.logs(&client),
+            h.logs(&web)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The published port, from the host, through a local address.
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s =
+            std::net::TcpStream::connect((record.gateway(), port)).expect("connect to the published port");
+        s.write_all(b"GET /native-test HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    })
+    .await
+    .expect("join");
+    assert!(body.ends_with("busybox\n"), "{body}");
+    let bridge = h
+        .containers
+        .networks()
+        .get(&net)
+        .expect("read")
+        .expect("record")
+        .bridge;
+    h.containers.remove(&client).await.expect("remove");
+    h.containers.remove(&web).await.expect("remove");
+    assert!(h.containers.networks().remove(&net).expect("remove network"));
+    assert!(!Path::new("/sys/class/net").join(&bridge).exists(), "bridge gone");
 }
