@@ -20,14 +20,17 @@ pub enum Backend {
 /// The built-in engine's directories; what the agent left running in them
 /// is killed and unmounted when the device goes.
 pub struct NativeDirs {
+    /// `engine.native_run_dir` lives here (a tmpfs on a device).
     pub dir: tempfile::TempDir,
+    /// `engine.native_dir`.
+    pub data: std::path::PathBuf,
 }
 
 pub const NATIVE_RUNTIME: &str = "/usr/sbin/runc";
 
 impl NativeDirs {
     pub fn data(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     pub fn runtime_root(&self) -> std::path::PathBuf {
@@ -126,15 +129,33 @@ impl Device {
 
     /// The agent on its built-in engine: no dockerd, no engine unit.
     pub async fn start_native(extra_config: &str) -> Self {
+        Self::start_native_in(Dockerd::new(), None, extra_config).await
+    }
+
+    /// The built-in engine with `engine.native_dir` on the data-root
+    /// filesystem of `dockerd` (which is not started): with
+    /// [`Dockerd::with_small_data_root`], a small disk to fill.
+    pub async fn start_native_on_data_root(dockerd: Dockerd, extra_config: &str) -> Self {
+        let data = dockerd
+            .socket()
+            .parent()
+            .expect("dockerd dir")
+            .join("data/native");
+        Self::start_native_in(dockerd, Some(data), extra_config).await
+    }
+
+    async fn start_native_in(dockerd: Dockerd, data: Option<std::path::PathBuf>, extra_config: &str) -> Self {
         require_root();
         let bus = Bus::start();
         let units = UnitManager::start(&bus, &[]).await;
         let state = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("cos-native")
+            .tempdir()
+            .expect("tempdir");
         let native = NativeDirs {
-            dir: tempfile::Builder::new()
-                .prefix("cos-native")
-                .tempdir()
-                .expect("tempdir"),
+            data: data.unwrap_or_else(|| dir.path().join("data")),
+            dir,
         };
         let agent = Agent::start(&format!(
             r#"
@@ -162,7 +183,7 @@ lock_dir = "{state}/locks"
             agent,
             native: Some(native),
             units,
-            dockerd: Dockerd::new(),
+            dockerd,
             _state: state,
             bus,
         }
