@@ -175,7 +175,7 @@ impl Containers {
             path: PathBuf::from("/proc/self"),
             source: e.into(),
         })?;
-        Ok(Self {
+        let this = Self {
             store,
             runtime: Runtime::new(runtime_binary, run.join("runtime")),
             networks: Networks::open(&data.join("networks"))?,
@@ -183,7 +183,33 @@ impl Containers {
             run: run.to_owned(),
             live: Mutex::default(),
             ops: Mutex::default(),
-        })
+        };
+        this.remove_interrupted()?;
+        Ok(this)
+    }
+
+    /// Removes what a create interrupted by a kill or power cut left: a
+    /// container directory without its record, addresses leased to no
+    /// container.
+    fn remove_interrupted(&self) -> Result<()> {
+        let dir = self.data.join("containers");
+        for e in std::fs::read_dir(&dir).map_err(Error::io("reading", &dir))? {
+            let path = e.map_err(Error::io("reading", &dir))?.path();
+            if path.join("container.json").exists() {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "removing a container whose create was interrupted");
+            let rootfs = path.join("rootfs");
+            if is_mounted(&rootfs) {
+                let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+            }
+            if let Some(id) = path.file_name().and_then(|n| n.to_str()) {
+                network::detach(id);
+            }
+            std::fs::remove_dir_all(&path).map_err(Error::io("removing", &path))?;
+        }
+        let ids: std::collections::BTreeSet<String> = self.records()?.into_iter().map(|r| r.id).collect();
+        self.networks.release_orphans(&ids)
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -235,6 +235,24 @@ impl Networks {
         ))
     }
 
+    /// Drops leases held by no container of `containers` (a create that
+    /// was interrupted, a half-written lease).
+    pub fn release_orphans(&self, containers: &std::collections::BTreeSet<String>) -> Result<()> {
+        for network in self.list()? {
+            let dir = self.leases(&network.name);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let holder = std::fs::read_to_string(e.path()).unwrap_or_default();
+                if !containers.contains(holder.trim()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn release(&self, attachment: &Attachment) {
         let _ = std::fs::remove_file(
             self.leases(&attachment.network)

@@ -531,3 +531,34 @@ async fn services_on_a_bridge_reach_each_other_by_name_and_publish_ports() {
     assert!(h.containers.networks().remove(&net).expect("remove network"));
     assert!(!Path::new("/sys/class/net").join(&bridge).exists(), "bridge gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_interrupted_create_left_is_removed_at_start() {
+    let h = Harness::new().await;
+    let net = format!("t_orphan{}", std::process::id());
+    assert!(h.containers.networks().create(&net, "t").expect("create network"));
+    let kept = h
+        .create(
+            "kept",
+            &format!("    command: [\"sh\", \"-c\", \"{WAIT_TERM}\"]\n"),
+        )
+        .await;
+    // A create cut short: a directory without its record, an address leased
+    // to it, and a lease whose holder was never written.
+    let half = h.root.join("data/containers").join("f".repeat(64));
+    std::fs::create_dir_all(half.join("upper")).expect("half-created container");
+    let leases = h.root.join("data/networks").join(&net);
+    std::fs::write(leases.join("10.213.0.99"), "f".repeat(64)).expect("orphan lease");
+    std::fs::write(leases.join("10.213.0.98"), "").expect("empty lease");
+
+    let after = h.reopen();
+    assert!(!half.exists(), "the half-created container is gone");
+    assert_eq!(
+        std::fs::read_dir(&leases).expect("leases").count(),
+        0,
+        "orphan leases released"
+    );
+    assert_eq!(after.records().expect("records").len(), 1);
+    after.remove(&kept).await.expect("remove");
+    assert!(after.networks().remove(&net).expect("remove network"));
+}
