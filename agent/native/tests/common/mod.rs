@@ -143,22 +143,46 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+tokio::task_local! {
+    /// Where the push helpers push (host, `Authorization`), when not the
+    /// local registry: set with `PUSH_TARGET.scope(…)`.
+    pub static PUSH_TARGET: (String, Option<String>);
+}
+
+fn target() -> (String, Option<String>) {
+    PUSH_TARGET
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| (REGISTRY.to_owned(), None))
+}
+
+fn with_auth(request: reqwest::RequestBuilder, auth: &Option<String>) -> reqwest::RequestBuilder {
+    match auth {
+        Some(a) => request.header("authorization", a),
+        None => request,
+    }
+}
+
 pub async fn push_blob(repo: &str, bytes: &[u8]) -> Digest {
     let digest = Digest::of(bytes);
     let http = http();
-    let head = http
-        .head(format!("http://{REGISTRY}/v2/{repo}/blobs/{digest}"))
-        .send()
-        .await
-        .expect("HEAD blob");
+    let (host, auth) = target();
+    let head = with_auth(
+        http.head(format!("http://{host}/v2/{repo}/blobs/{digest}")),
+        &auth,
+    )
+    .send()
+    .await
+    .expect("HEAD blob");
     if head.status().is_success() {
         return digest;
     }
-    let start = http
-        .post(format!("http://{REGISTRY}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .expect("starting an upload");
+    let start = with_auth(
+        http.post(format!("http://{host}/v2/{repo}/blobs/uploads/")),
+        &auth,
+    )
+    .send()
+    .await
+    .expect("starting an upload");
     assert_eq!(start.status().as_u16(), 202, "starting an upload to {repo}");
     let location = start
         .headers()
@@ -169,11 +193,10 @@ pub async fn push_blob(repo: &str, bytes: &[u8]) -> Digest {
     let mut url = if location.starts_with("http") {
         reqwest::Url::parse(&location).expect("upload URL")
     } else {
-        reqwest::Url::parse(&format!("http://{REGISTRY}{location}")).expect("upload URL")
+        reqwest::Url::parse(&format!("http://{host}{location}")).expect("upload URL")
     };
     url.query_pairs_mut().append_pair("digest", digest.as_str());
-    let put = http
-        .put(url)
+    let put = with_auth(http.put(url), &auth)
         .header("content-type", "application/octet-stream")
         .body(bytes.to_vec())
         .send()
@@ -189,13 +212,16 @@ pub async fn push_blob(repo: &str, bytes: &[u8]) -> Digest {
 }
 
 pub async fn push_manifest(repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Digest {
-    let put = http()
-        .put(format!("http://{REGISTRY}/v2/{repo}/manifests/{reference}"))
-        .header("content-type", media_type)
-        .body(body.to_vec())
-        .send()
-        .await
-        .expect("pushing a manifest");
+    let (host, auth) = target();
+    let put = with_auth(
+        http().put(format!("http://{host}/v2/{repo}/manifests/{reference}")),
+        &auth,
+    )
+    .header("content-type", media_type)
+    .body(body.to_vec())
+    .send()
+    .await
+    .expect("pushing a manifest");
     assert_eq!(
         put.status().as_u16(),
         201,
