@@ -42,6 +42,7 @@ fn open_native(config: &containeros_config::Config) -> Result<Arc<containeros_na
         run: e.native_run_dir.as_path().to_owned(),
         runtime: runtime.to_owned(),
         platform: containeros_native::Platform::host(),
+        auth_file: Some(e.native_auth_file.as_path().to_owned()),
     };
     containeros_native::NativeEngine::open(&settings, http)
         .map(Arc::new)

@@ -32,6 +32,8 @@ pub struct Settings {
     /// `crun` or `runc`.
     pub runtime: PathBuf,
     pub platform: Platform,
+    /// A Docker `config.json` with registry credentials, if any.
+    pub auth_file: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -71,8 +73,14 @@ impl NativeEngine {
             &settings.data,
             &settings.run,
         )?);
+        let mut registry = Registry::new(http);
+        if let Some(path) = settings.auth_file.as_deref().filter(|p| p.exists()) {
+            for (host, credentials) in crate::registry::docker_auths(path)? {
+                registry = registry.credentials(host, credentials);
+            }
+        }
         Ok(Self {
-            registry: Registry::new(http),
+            registry,
             containers,
             platform: settings.platform.clone(),
         })

@@ -318,6 +318,66 @@ impl Registry {
     }
 }
 
+/// Registry credentials from a Docker `config.json` (`{"auths": {"host":
+/// {"auth": base64("user:password")}}}`, or `username`/`password`), the
+/// file operators already have from `docker login`. The error names the
+/// file and what is wrong with it.
+pub fn docker_auths(path: &std::path::Path) -> Result<Vec<(String, Credentials)>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let bad = |reason: String| Error::Record {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(Error::io("reading", path))?;
+    let file: File =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a Docker config.json: {e}")))?;
+    let mut out = Vec::new();
+    for (host, entry) in file.auths {
+        // `docker login` may key by URL: keep the host[:port].
+        let key = host
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let credentials = match (entry.auth, entry.username, entry.password) {
+            (Some(auth), _, _) if !auth.is_empty() => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(auth.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| bad(format!("auths.{host}.auth is not base64 of \"user:password\"")))?;
+                let (username, password) = decoded
+                    .split_once(':')
+                    .ok_or_else(|| bad(format!("auths.{host}.auth is not base64 of \"user:password\"")))?;
+                Credentials {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                }
+            }
+            (_, Some(username), Some(password)) => Credentials { username, password },
+            _ => {
+                return Err(bad(format!(
+                    "auths.{host} has neither auth nor username and password"
+                )));
+            }
+        };
+        out.push((key, credentials));
+    }
+    Ok(out)
+}
+
 async fn read_limited(mut response: reqwest::Response, url: &str, limit: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|source| Error::Http {
@@ -406,6 +466,38 @@ mod tests {
         assert_eq!(scheme, "Basic");
         assert_eq!(params["realm"], "Registry Realm");
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
+    }
+
+    #[test]
+    fn docker_config_auths_are_read_by_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths": {"https://registry.example/v1/": {"auth": "dXNlcjpwYTpzcw=="}, "lab.local:5000": {"username": "u", "password": "p"}}}"#,
+        )
+        .expect("write");
+        let auths = docker_auths(&path).expect("parses");
+        assert_eq!(auths.len(), 2);
+        let example = auths
+            .iter()
+            .find(|(h, _)| h == "registry.example")
+            .expect("by host");
+        assert_eq!(
+            (example.1.username.as_str(), example.1.password.as_str()),
+            ("user", "pa:ss")
+        );
+        assert!(
+            auths
+                .iter()
+                .any(|(h, c)| h == "lab.local:5000" && c.username == "u")
+        );
+        std::fs::write(&path, r#"{"auths": {"x": {"auth": "!!"}}}"#).expect("write");
+        let err = docker_auths(&path).expect_err("bad auth").to_string();
+        assert!(
+            err.contains("config.json") && err.contains("auths.x.auth"),
+            "{err}"
+        );
     }
 
     #[test]
