@@ -137,7 +137,11 @@ pub struct Create<'a> {
 
 #[derive(Debug, Default)]
 struct Live {
+    /// The init of a container this process started (and can reap).
     pid: Option<i32>,
+    /// The init last seen running, started by this process or not: lets
+    /// supervision skip running the runtime binary while it lives.
+    seen_running: Option<i32>,
     exit_code: Option<i64>,
     health: Option<Health>,
     failures: u32,
@@ -800,7 +804,15 @@ impl Containers {
                 continue;
             }
             let _op = self.op(&record.id).await;
-            let running = matches!(self.runtime.state(&record.id).await?, Some(s) if s.status == "running");
+            let known = self.with_live(&record.id, |l| l.seen_running);
+            let running = if known.is_some_and(|pid| init_alive(pid, &record.id)) {
+                true
+            } else {
+                let state = self.runtime.state(&record.id).await?;
+                let pid = state.filter(|s| s.status == "running").map(|s| s.pid);
+                self.with_live(&record.id, |l| l.seen_running = pid);
+                pid.is_some()
+            };
             if running {
                 self.check_health(&record).await;
                 continue;
@@ -948,6 +960,23 @@ fn is_mounted(path: &Path) -> bool {
     };
     let target = path.display().to_string();
     info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// Whether `pid` is still the running init of container `id`: alive, not
+/// a zombie, and in the container's cgroup (so a reused pid is not taken
+/// for it). Reads /proc only: cheaper than running the runtime binary,
+/// which matters on a small board polled every second.
+fn init_alive(pid: i32, id: &str) -> bool {
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(['R', 'S', 'D']))
+        })
+        .unwrap_or(false);
+    running
+        && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|cgroup| cgroup.contains(&format!("/containeros/{id}")))
 }
 
 /// The last `lines` lines of the file at `path`.
