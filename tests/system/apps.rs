@@ -1,6 +1,9 @@
-//! Application releases on the real engine: a private dockerd pulling test
-//! images from the local registry, the agent driven through the CLI as a
-//! person would.
+//! Application releases on the real engine: a private dockerd — or the
+//! agent's built-in engine with runc — pulling test images from the local
+//! registry, the agent driven through the CLI as a person would. Every
+//! test runs on both backends (`…_docker`, `…_native`); the helpers look
+//! at containers with the backend's own tools (the docker CLI, or runc and
+//! the native engine's records).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -8,7 +11,7 @@ use std::time::Duration;
 
 use containeros_tests::{TestImage, busybox_image, cli, eventually, require_image_services};
 
-use crate::device::Device;
+use crate::device::{Backend, Device};
 
 /// `docker` against the device's private engine.
 pub fn docker(device: &Device, args: &[&str]) -> String {
@@ -41,15 +44,97 @@ pub fn try_docker(device: &Device, args: &[&str]) -> Option<String> {
 }
 
 pub fn running(device: &Device, container: &str) -> bool {
-    try_docker(device, &["inspect", "-f", "{{.State.Running}}", container]).as_deref() == Some("true")
+    match &device.native {
+        None => {
+            try_docker(device, &["inspect", "-f", "{{.State.Running}}", container]).as_deref() == Some("true")
+        }
+        Some(native) => {
+            let out = native.runc(&["state", container]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|s| s["status"] == "running")
+        }
+    }
+}
+
+/// Runs `argv` in the container; `None` when that fails.
+pub fn try_exec(device: &Device, container: &str, argv: &[&str]) -> Option<String> {
+    match &device.native {
+        None => {
+            let mut args = vec!["exec", container];
+            args.extend_from_slice(argv);
+            try_docker(device, &args)
+        }
+        Some(native) => {
+            let mut args = vec!["exec", container];
+            args.extend_from_slice(argv);
+            let out = native.runc(&args);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+    }
+}
+
+/// Runs `argv` in the container, which must succeed.
+pub fn exec(device: &Device, container: &str, argv: &[&str]) -> String {
+    try_exec(device, container, argv).unwrap_or_else(|| {
+        panic!(
+            "exec {argv:?} in {container} failed; agent log:\n{}",
+            device.agent.stderr()
+        )
+    })
+}
+
+/// Stops a container behind the agent's back, as an operator with the
+/// engine's own tool would.
+pub fn stop_behind_its_back(device: &Device, container: &str) {
+    match &device.native {
+        None => {
+            docker(device, &["stop", "-t", "1", container]);
+        }
+        Some(native) => {
+            let out = native.runc(&["kill", container, "KILL"]);
+            assert!(
+                out.status.success(),
+                "runc kill: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
 
 pub fn variant(device: &Device, container: &str) -> Option<String> {
-    try_docker(device, &["exec", container, "cat", "/variant"])
+    try_exec(device, container, &["cat", "/variant"])
 }
 
 /// Service → container id of the release's containers (all states).
 pub fn containers(device: &Device, release: &str) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if let Some(native) = &device.native {
+        let Ok(entries) = std::fs::read_dir(native.data().join("containers")) else {
+            return map;
+        };
+        for e in entries.flatten() {
+            // A container being created or removed may have no record.
+            let Ok(bytes) = std::fs::read(e.path().join("container.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let labels = &record["labels"];
+            if labels["org.containeros.release"] == release {
+                let service = labels["org.containeros.service"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let id = record["id"].as_str().unwrap_or_default().to_owned();
+                map.entry(service).or_default().push(id);
+            }
+        }
+        return map;
+    }
     let listing = docker(
         device,
         &[
@@ -61,7 +146,6 @@ pub fn containers(device: &Device, release: &str) -> BTreeMap<String, Vec<String
             "{{.Label \"org.containeros.service\"}} {{.ID}}",
         ],
     );
-    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in listing.lines() {
         if let Some((service, id)) = line.split_once(' ') {
             map.entry(service.to_owned()).or_default().push(id.to_owned());
@@ -133,11 +217,20 @@ pub fn apply(device: &Device, file: &str) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn install_then_update_one_service_keeps_the_others() {
+async fn install_then_update_one_service_keeps_the_others_docker() {
+    install_then_update_one_service_keeps_the_others(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_then_update_one_service_keeps_the_others_native() {
+    install_then_update_one_service_keeps_the_others(Backend::Native).await;
+}
+
+async fn install_then_update_one_service_keeps_the_others(backend: Backend) {
     require_image_services();
     let (web1, web2) = (busybox_image("apps-web", "v1"), busybox_image("apps-web", "v2"));
     let (worker, db) = (busybox_image("apps-worker", "v1"), busybox_image("apps-db", "v1"));
-    let device = Device::start().await;
+    let device = Device::start_on(backend).await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
 
@@ -172,7 +265,7 @@ async fn install_then_update_one_service_keeps_the_others() {
     );
 
     let db_id = &before["db"][0];
-    docker(&device, &["exec", db_id, "sh", "-c", "echo kept > /data/file"]);
+    exec(&device, db_id, &["sh", "-c", "echo kept > /data/file"]);
 
     // Update: only web changes; db and worker keep their containers.
     apply(&device, &release_file(dir.path(), "2", &web2, &worker, &db));
@@ -181,23 +274,29 @@ async fn install_then_update_one_service_keeps_the_others() {
     assert_eq!(after["worker"], before["worker"], "worker untouched");
     assert_ne!(after["web"], before["web"], "web replaced");
     assert_eq!(after["web"].len(), 1, "old web removed: {after:?}");
+    assert_eq!(exec(&device, &after["web"][0], &["cat", "/variant"]), "v2");
     assert_eq!(
-        docker(&device, &["exec", &after["web"][0], "cat", "/variant"]),
-        "v2"
-    );
-    assert_eq!(
-        docker(&device, &["exec", &after["web"][0], "sh", "-c", "echo $GREETING"]),
+        exec(&device, &after["web"][0], &["sh", "-c", "echo $GREETING"]),
         "hello"
     );
     assert_eq!(
-        docker(&device, &["exec", db_id, "cat", "/data/file"]),
+        exec(&device, db_id, &["cat", "/data/file"]),
         "kept",
         "volume data kept"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn killed_mid_apply_the_agent_converges_without_duplicates() {
+async fn killed_mid_apply_the_agent_converges_without_duplicates_docker() {
+    killed_mid_apply_the_agent_converges_without_duplicates(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_mid_apply_the_agent_converges_without_duplicates_native() {
+    killed_mid_apply_the_agent_converges_without_duplicates(Backend::Native).await;
+}
+
+async fn killed_mid_apply_the_agent_converges_without_duplicates(backend: Backend) {
     require_image_services();
     let (web1, web2) = (busybox_image("crash-web", "v1"), busybox_image("crash-web", "v2"));
     let (worker1, worker2) = (
@@ -205,15 +304,15 @@ async fn killed_mid_apply_the_agent_converges_without_duplicates() {
         busybox_image("crash-worker", "v2"),
     );
     let db = busybox_image("crash-db", "v1");
-    let mut device = Device::start().await;
+    let mut device = Device::start_on(backend).await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&device, &release_file(dir.path(), "1", &web1, &worker1, &db));
     let first = containers(&device, "demo");
     let db_id = first["db"][0].clone();
-    docker(&device, &["exec", &db_id, "sh", "-c", "echo kept > /data/file"]);
+    exec(&device, &db_id, &["sh", "-c", "echo kept > /data/file"]);
     // Someone stops a service behind the agent's back: it must come back.
-    docker(&device, &["stop", "-t", "1", &first["worker"][0]]);
+    stop_behind_its_back(&device, &first["worker"][0]);
 
     // Kill -9 at different points of the next apply (seeded, printed).
     let releases = [
@@ -255,15 +354,24 @@ async fn killed_mid_apply_the_agent_converges_without_duplicates() {
         "db never replaced"
     );
     assert_eq!(
-        docker(&device, &["exec", &db_id, "cat", "/data/file"]),
+        exec(&device, &db_id, &["cat", "/data/file"]),
         "kept",
         "volume data kept"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn malformed_releases_are_refused_with_service_and_field() {
-    let device = Device::start().await;
+async fn malformed_releases_are_refused_with_service_and_field_docker() {
+    malformed_releases_are_refused_with_service_and_field(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_releases_are_refused_with_service_and_field_native() {
+    malformed_releases_are_refused_with_service_and_field(Backend::Native).await;
+}
+
+async fn malformed_releases_are_refused_with_service_and_field(backend: Backend) {
+    let device = Device::start_on(backend).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
         (
@@ -295,7 +403,18 @@ async fn malformed_releases_are_refused_with_service_and_field() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn disk_full_refuses_the_update_and_keeps_the_old_release() {
+async fn disk_full_refuses_the_update_and_keeps_the_old_release_docker() {
+    disk_full_refuses_the_update_and_keeps_the_old_release(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_full_refuses_the_update_and_keeps_the_old_release_native() {
+    disk_full_refuses_the_update_and_keeps_the_old_release(Backend::Native).await;
+}
+
+/// The engine's storage is a 320 MiB filesystem (dockerd's data-root, or
+/// the native engine's directory on it).
+async fn disk_full_refuses_the_update_and_keeps_the_old_release(backend: Backend) {
     require_image_services();
     let (web1, worker, db) = (
         busybox_image("full-web", "v1"),
@@ -308,7 +427,10 @@ async fn disk_full_refuses_the_update_and_keeps_the_old_release() {
         .filler(48 << 20)
         .get();
     let dockerd = containeros_tests::Dockerd::with_small_data_root(320);
-    let device = Device::start_with(dockerd, "min_free_mib = 16\n").await;
+    let device = match backend {
+        Backend::Docker => Device::start_with(dockerd, "min_free_mib = 16\n").await,
+        Backend::Native => Device::start_native_on_data_root(dockerd, "min_free_mib = 16\n").await,
+    };
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&device, &release_file(dir.path(), "1", &web1, &worker, &db));
@@ -334,11 +456,8 @@ async fn disk_full_refuses_the_update_and_keeps_the_old_release() {
             "the old release's containers are untouched"
         );
         let web = &before["web"][0];
-        assert_eq!(
-            docker(&device, &["inspect", "-f", "{{.State.Running}}", web]),
-            "true"
-        );
-        assert_eq!(docker(&device, &["exec", web, "cat", "/variant"]), "v1");
+        assert!(running(&device, web), "web still runs");
+        assert_eq!(exec(&device, web, &["cat", "/variant"]), "v1");
     };
 
     // Pre-flight: 8 MiB free is under the 16 MiB floor, so nothing starts.
@@ -357,8 +476,55 @@ async fn disk_full_refuses_the_update_and_keeps_the_old_release() {
     device.dockerd.fill_data_root(32 << 20);
     let stderr = refused(&release_file(dir.path(), "3", &web3, &worker, &db));
     assert!(
-        stderr.contains("no space left on device") || stderr.contains("not enough free space"),
+        stderr.to_lowercase().contains("no space left on device") || stderr.contains("not enough free space"),
         "{stderr}"
     );
     unchanged();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_reach_each_other_by_name_docker() {
+    services_reach_each_other_by_name(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_reach_each_other_by_name_native() {
+    services_reach_each_other_by_name(Backend::Native).await;
+}
+
+/// Two services on the release's default network: one serves `/variant`
+/// over HTTP, the other fetches it by the first one's service name.
+async fn services_reach_each_other_by_name(backend: Backend) {
+    require_image_services();
+    let (server, client) = (
+        busybox_image("names-server", "v1"),
+        busybox_image("names-client", "v1"),
+    );
+    let device = Device::start_on(backend).await;
+    device.engine_up().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"name: names
+x-containeros:
+  version: "1"
+services:
+  server:
+    image: {server}
+    command: ["httpd", "-f", "-p", "80", "-h", "/"]
+  client:
+    image: {client}
+    command: ["sh", "-c", "until wget -q -O /tmp/got http://server/variant; do sleep 0.2; done; trap 'exit 0' TERM; sleep 100000 & wait"]
+"#,
+        server = server.by_digest(),
+        client = client.by_digest(),
+    );
+    let path = dir.path().join("names.yml");
+    std::fs::write(&path, text).expect("write release");
+    apply(&device, &path.display().to_string());
+    let ids = containers(&device, "names");
+    let client_id = ids["client"][0].clone();
+    eventually(30, "the client fetched the server's page by name", || async {
+        (try_exec(&device, &client_id, &["cat", "/tmp/got"]).as_deref() == Some("v1")).then_some(())
+    })
+    .await;
 }

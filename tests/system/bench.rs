@@ -147,3 +147,154 @@ async fn bench_apps_vs_compose() {
         );
     }
 }
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The field after the parenthesised command name.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn pid_of(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        (comm(pid) == name).then_some(pid)
+    })
+}
+
+fn size_of(path: &str) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run bench/native-vs-docker.sh"]
+async fn bench_native_vs_docker() {
+    use crate::apps::{containers, running};
+    use crate::device::Backend;
+    require_image_services();
+    let images: Vec<TestImage> = (0..3)
+        .map(|i| busybox_image(&format!("bench-s{i}"), "v1"))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = release(dir.path(), "1", &images);
+    let settle = Duration::from_secs(
+        std::env::var("BENCH_SETTLE")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10),
+    );
+    let mut rows = Vec::new();
+    for backend in [Backend::Docker, Backend::Native] {
+        let device = Device::start_on(backend).await;
+        device.engine_up().await;
+        if backend == Backend::Docker {
+            clean(&device, &images);
+        }
+        let took = agent_apply(&device, &file);
+        let ids = containers(&device, "bench");
+        assert!(ids.values().flatten().all(|id| running(&device, id)), "{ids:?}");
+        tokio::time::sleep(settle).await;
+        let agent = device.agent.pid();
+        let mut parts = vec![(
+            "containeros-agent".to_owned(),
+            rss_kib(agent, "VmRSS:"),
+            rss_kib(agent, "VmHWM:"),
+        )];
+        if backend == Backend::Docker {
+            let dockerd = device.units.main_pid("docker.service").expect("dockerd runs");
+            parts.push((
+                "dockerd".to_owned(),
+                rss_kib(dockerd, "VmRSS:"),
+                rss_kib(dockerd, "VmHWM:"),
+            ));
+            if let Some(containerd) = pid_of("containerd") {
+                parts.push((
+                    "containerd".to_owned(),
+                    rss_kib(containerd, "VmRSS:"),
+                    rss_kib(containerd, "VmHWM:"),
+                ));
+            }
+            // One shim per container: the parent of each container's init.
+            let mut shims = 0;
+            let mut shim_rss = 0;
+            for id in ids.values().flatten() {
+                let out = Command::new("docker")
+                    .args(["-H", &format!("unix://{}", device.dockerd.socket().display())])
+                    .args(["inspect", "-f", "{{.State.Pid}}", id])
+                    .output()
+                    .expect("docker inspect");
+                let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+                if let Some(shim) = parent(pid).filter(|p| comm(*p).starts_with("containerd-shim")) {
+                    shims += 1;
+                    shim_rss += rss_kib(shim, "VmRSS:");
+                }
+            }
+            parts.push((format!("containerd-shim x{shims}"), shim_rss, 0));
+        }
+        rows.push((backend, took, parts));
+        if backend == Backend::Docker {
+            clean(&device, &images);
+        }
+    }
+    println!();
+    println!(
+        "3-service release (one healthchecked, a shared volume), images from the local registry; RSS {}s after the apply",
+        settle.as_secs()
+    );
+    for (backend, took, parts) in &rows {
+        let total: u64 = parts.iter().map(|p| p.1).sum();
+        println!(
+            "{backend:?}: apply {:.2}s, resident total {total} KiB ({:.1} MiB)",
+            took.as_secs_f64(),
+            total as f64 / 1024.0
+        );
+        for (name, rss, hwm) in parts {
+            if *hwm > 0 {
+                println!("    {name:<24} {rss:>8} KiB  (peak {hwm} KiB)");
+            } else {
+                println!("    {name:<24} {rss:>8} KiB");
+            }
+        }
+    }
+    println!("engine binaries on disk:");
+    let docker: Vec<&str> = vec![
+        "/usr/sbin/dockerd",
+        "/usr/bin/containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/sbin/runc",
+        "/usr/sbin/docker-proxy",
+        "/usr/bin/docker-init",
+    ];
+    let total: u64 = docker.iter().map(|p| size_of(p)).sum();
+    for p in &docker {
+        println!("    {p:<36} {:>10} bytes", size_of(p));
+    }
+    println!(
+        "    Docker engine total                  {total:>10} bytes ({:.1} MiB)",
+        total as f64 / 1048576.0
+    );
+    for p in ["/usr/bin/crun", "/usr/sbin/runc"] {
+        println!(
+            "    native engine runtime {p:<14} {:>10} bytes ({:.2} MiB)",
+            size_of(p),
+            size_of(p) as f64 / 1048576.0
+        );
+    }
+}

@@ -7,17 +7,188 @@ use std::time::Duration;
 use containeros_tests::{Agent, Bus, Dockerd, UnitManager, cli, eventually, require_root};
 use futures_util::StreamExt;
 
-/// Fields drop in this order: the agent, then the unit manager (stopping
-/// dockerd), then dockerd's directory, then the bus.
+/// Which engine the agent runs the apps on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A private dockerd, supervised as `docker.service`.
+    Docker,
+    /// The agent's built-in engine with Debian's `runc` (this machine's
+    /// hybrid cgroup layout makes crun refuse).
+    Native,
+}
+
+/// The built-in engine's directories; what the agent left running in them
+/// is killed and unmounted when the device goes.
+pub struct NativeDirs {
+    /// `engine.native_run_dir` lives here (a tmpfs on a device).
+    pub dir: tempfile::TempDir,
+    /// `engine.native_dir`.
+    pub data: std::path::PathBuf,
+}
+
+pub const NATIVE_RUNTIME: &str = "/usr/sbin/runc";
+
+impl NativeDirs {
+    pub fn data(&self) -> std::path::PathBuf {
+        self.data.clone()
+    }
+
+    pub fn runtime_root(&self) -> std::path::PathBuf {
+        self.dir.path().join("run/runtime")
+    }
+
+    /// `runc --root <ours> args…`.
+    pub fn runc(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(NATIVE_RUNTIME)
+            .arg("--root")
+            .arg(self.runtime_root())
+            .args(args)
+            .output()
+            .expect("runc")
+    }
+}
+
+impl Drop for NativeDirs {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.runtime_root()) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.runc(&["delete", "--force", &id]);
+            }
+        }
+        let quiet = |program: &str, args: &[&str]| {
+            let _ = std::process::Command::new(program)
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        if let Ok(entries) = std::fs::read_dir(self.data().join("containers")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let short = &id[..id.len().min(12)];
+                quiet("ip", &["netns", "del", &format!("cos{short}")]);
+                quiet("nft", &["delete", "table", "ip", &format!("p{short}")]);
+                let _ = nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+                for controller in [
+                    "memory", "cpu", "cpuacct", "pids", "devices", "freezer", "blkio", "cpuset", "systemd",
+                    "",
+                ] {
+                    let _ = std::fs::remove_dir(
+                        std::path::Path::new("/sys/fs/cgroup")
+                            .join(controller)
+                            .join("containeros")
+                            .join(e.file_name()),
+                    );
+                }
+            }
+        }
+        // The release's bridges and their masquerade tables.
+        if let Ok(entries) = std::fs::read_dir(self.data().join("networks")) {
+            for e in entries.flatten() {
+                let Ok(bytes) = std::fs::read(e.path()) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    continue;
+                };
+                if let Some(bridge) = record["bridge"].as_str() {
+                    quiet("nft", &["delete", "table", "ip", &format!("n{bridge}")]);
+                    quiet("ip", &["link", "del", bridge]);
+                }
+            }
+        }
+    }
+}
+
+/// Fields drop in this order: the agent, then the native engine's
+/// containers, then the unit manager (stopping dockerd), then dockerd's
+/// directory, then the bus.
 pub struct Device {
     pub agent: Agent,
+    pub native: Option<NativeDirs>,
     pub units: UnitManager,
+    /// With [`Backend::Native`], a directory only: no dockerd is started.
     pub dockerd: Dockerd,
     pub _state: tempfile::TempDir,
     pub bus: Bus,
 }
 
 impl Device {
+    /// [`Device::start`] on `backend`.
+    pub async fn start_on(backend: Backend) -> Self {
+        Self::start_on_with(backend, "").await
+    }
+
+    /// [`Device::start_with`] on `backend` (the default dockerd for Docker).
+    pub async fn start_on_with(backend: Backend, extra_config: &str) -> Self {
+        match backend {
+            Backend::Docker => Self::start_with(Dockerd::new(), extra_config).await,
+            Backend::Native => Self::start_native(extra_config).await,
+        }
+    }
+
+    /// The agent on its built-in engine: no dockerd, no engine unit.
+    pub async fn start_native(extra_config: &str) -> Self {
+        Self::start_native_in(Dockerd::new(), None, extra_config).await
+    }
+
+    /// The built-in engine with `engine.native_dir` on the data-root
+    /// filesystem of `dockerd` (which is not started): with
+    /// [`Dockerd::with_small_data_root`], a small disk to fill.
+    pub async fn start_native_on_data_root(dockerd: Dockerd, extra_config: &str) -> Self {
+        let data = dockerd
+            .socket()
+            .parent()
+            .expect("dockerd dir")
+            .join("data/native");
+        Self::start_native_in(dockerd, Some(data), extra_config).await
+    }
+
+    async fn start_native_in(dockerd: Dockerd, data: Option<std::path::PathBuf>, extra_config: &str) -> Self {
+        require_root();
+        let bus = Bus::start();
+        let units = UnitManager::start(&bus, &[]).await;
+        let state = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("cos-native")
+            .tempdir()
+            .expect("tempdir");
+        let native = NativeDirs {
+            data: data.unwrap_or_else(|| dir.path().join("data")),
+            dir,
+        };
+        let agent = Agent::start(&format!(
+            r#"
+[agent]
+state_dir = "{state}"
+log_level = "debug"
+[dbus]
+bus = "{bus}"
+[engine]
+kind = "native"
+runtime = "{NATIVE_RUNTIME}"
+native_dir = "{data}"
+native_run_dir = "{run}"
+unit = ""
+[apps]
+lock_dir = "{state}/locks"
+{extra_config}
+"#,
+            state = state.path().display(),
+            bus = bus.address(),
+            data = native.data().display(),
+            run = native.dir.path().join("run").display(),
+        ));
+        Self {
+            agent,
+            native: Some(native),
+            units,
+            dockerd,
+            _state: state,
+            bus,
+        }
+    }
+
     /// A bus, a unit manager running a private dockerd as `docker.service`,
     /// and the agent supervising it with short intervals.
     pub async fn start() -> Self {
@@ -73,6 +244,7 @@ lock_dir = "{state}/locks"
             dockerd,
             _state: state,
             units,
+            native: None,
             agent,
         }
     }

@@ -1,14 +1,15 @@
 //! The life of a release's services on the real engine: update locks,
 //! an operator's stop and start, the update strategies, dependency order,
 //! garbage collection of images, and a kill -9 of the agent at every step
-//! of an update.
+//! of an update. Each runs on both engines (`…_docker`, `…_native`), but
+//! the recovery of a corrupted engine store, which is dockerd's.
 
 use std::time::Duration;
 
 use containeros_tests::{ImageSpec, TestImage, busybox_image, cli, eventually, require_image_services};
 
-use crate::apps::{apply, containers, docker, running, try_docker, variant};
-use crate::device::Device;
+use crate::apps::{apply, containers, docker, exec, running, try_docker, variant};
+use crate::device::{Backend, Device};
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -33,6 +34,13 @@ fn apps(device: &Device, verb: &str, service: &str) {
 /// The only container of `service`, when there is exactly one (and the
 /// engine answers).
 fn only(device: &Device, release: &str, service: &str) -> Option<String> {
+    if device.native.is_some() {
+        let ids = containers(device, release).remove(service)?;
+        return match &ids[..] {
+            [id] => Some(id.clone()),
+            _ => None,
+        };
+    }
     let listing = try_docker(
         device,
         &[
@@ -54,7 +62,26 @@ fn only(device: &Device, release: &str, service: &str) -> Option<String> {
 }
 
 fn image_present(device: &Device, image: &TestImage) -> bool {
-    try_docker(device, &["image", "inspect", &image.by_digest()]).is_some()
+    match &device.native {
+        None => try_docker(device, &["image", "inspect", &image.by_digest()]).is_some(),
+        // The native store's record of the reference: images/<sha256 of it>.json.
+        Some(native) => {
+            let out = std::process::Command::new("sh")
+                .args(["-c", "printf %s \"$1\" | sha256sum", "sh", &image.by_digest()])
+                .output()
+                .expect("sha256sum");
+            let hex = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            native
+                .data()
+                .join("store/images")
+                .join(format!("{hex}.json"))
+                .exists()
+        }
+    }
 }
 
 /// One long-running service, `web`, that an update lock can hold.
@@ -78,13 +105,22 @@ services:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_update_lock_defers_the_update_until_released_or_timed_out() {
+async fn an_update_lock_defers_the_update_until_released_or_timed_out_docker() {
+    an_update_lock_defers_the_update_until_released_or_timed_out(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_lock_defers_the_update_until_released_or_timed_out_native() {
+    an_update_lock_defers_the_update_until_released_or_timed_out(Backend::Native).await;
+}
+
+async fn an_update_lock_defers_the_update_until_released_or_timed_out(backend: Backend) {
     require_image_services();
     let web: Vec<TestImage> = ["v1", "v2", "v3"]
         .iter()
         .map(|v| busybox_image("lock-web", v))
         .collect();
-    let device = Device::start().await;
+    let device = Device::start_on(backend).await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&device, &locked_release(dir.path(), "1", &web[0], "1h"));
@@ -92,16 +128,10 @@ async fn an_update_lock_defers_the_update_until_released_or_timed_out() {
 
     // The app sees where its lock goes, and takes it.
     assert_eq!(
-        docker(
-            &device,
-            &["exec", &first, "sh", "-c", "echo $CONTAINEROS_UPDATE_LOCK"]
-        ),
+        exec(&device, &first, &["sh", "-c", "echo $CONTAINEROS_UPDATE_LOCK"]),
         "/run/containeros/update.lock"
     );
-    docker(
-        &device,
-        &["exec", &first, "sh", "-c", "touch $CONTAINEROS_UPDATE_LOCK"],
-    );
+    exec(&device, &first, &["sh", "-c", "touch $CONTAINEROS_UPDATE_LOCK"]);
 
     // v2 waits: the agent says so, and web keeps running v1.
     let out = cli(device.bus.address())
@@ -131,14 +161,11 @@ async fn an_update_lock_defers_the_update_until_released_or_timed_out() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(only(&device, "locks", "web").as_ref(), Some(&first));
-    assert_eq!(docker(&device, &["exec", &first, "cat", "/variant"]), "v1");
+    assert_eq!(exec(&device, &first, &["cat", "/variant"]), "v1");
 
     // Released: the update goes through, and v1's image, which no release
     // needs any more, is removed.
-    docker(
-        &device,
-        &["exec", &first, "sh", "-c", "rm $CONTAINEROS_UPDATE_LOCK"],
-    );
+    exec(&device, &first, &["sh", "-c", "rm $CONTAINEROS_UPDATE_LOCK"]);
     let second = eventually(60, "web updated to v2 after the lock went", || async {
         let id = only(&device, "locks", "web")?;
         (id != first && running(&device, &id) && variant(&device, &id).as_deref() == Some("v2")).then_some(id)
@@ -152,10 +179,7 @@ async fn an_update_lock_defers_the_update_until_released_or_timed_out() {
 
     // A lock never released defers the update only for the release's
     // update_lock_timeout (3 s here): then the update goes through anyway.
-    docker(
-        &device,
-        &["exec", &second, "sh", "-c", "touch $CONTAINEROS_UPDATE_LOCK"],
-    );
+    exec(&device, &second, &["sh", "-c", "touch $CONTAINEROS_UPDATE_LOCK"]);
     let events = apply(&device, &locked_release(dir.path(), "3", &web[2], "3s"));
     assert_eq!(
         events.last().map(|e| e["success"].clone()),
@@ -164,17 +188,26 @@ async fn an_update_lock_defers_the_update_until_released_or_timed_out() {
     );
     let third = only(&device, "locks", "web").expect("one web");
     assert_ne!(third, second);
-    assert_eq!(docker(&device, &["exec", &third, "cat", "/variant"]), "v3");
+    assert_eq!(exec(&device, &third, &["cat", "/variant"]), "v3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_service_stopped_by_an_operator_stays_stopped_until_started() {
+async fn a_service_stopped_by_an_operator_stays_stopped_until_started_docker() {
+    a_service_stopped_by_an_operator_stays_stopped_until_started(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_stopped_by_an_operator_stays_stopped_until_started_native() {
+    a_service_stopped_by_an_operator_stays_stopped_until_started(Backend::Native).await;
+}
+
+async fn a_service_stopped_by_an_operator_stays_stopped_until_started(backend: Backend) {
     require_image_services();
     let (web, worker) = (
         busybox_image("hold-web", "v1"),
         busybox_image("hold-worker", "v1"),
     );
-    let mut device = Device::start().await;
+    let mut device = Device::start_on(backend).await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write(
@@ -219,7 +252,10 @@ services:
     // Started behind the agent's back (as `restart: always` does when the
     // engine restarts), then the agent is killed and started again: it
     // stops the service again instead of "repairing" it.
-    docker(&device, &["start", &id]);
+    // (The native engine is the agent itself: nothing else starts it.)
+    if backend == Backend::Docker {
+        docker(&device, &["start", &id]);
+    }
     device.agent.kill9();
     device.agent.restart();
     eventually(60, "the held service stopped again", || async {
@@ -286,16 +322,25 @@ volumes:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dependencies_wait_for_health_and_hand_over_overlaps() {
+async fn dependencies_wait_for_health_and_hand_over_overlaps_docker() {
+    dependencies_wait_for_health_and_hand_over_overlaps(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dependencies_wait_for_health_and_hand_over_overlaps_native() {
+    dependencies_wait_for_health_and_hand_over_overlaps(Backend::Native).await;
+}
+
+async fn dependencies_wait_for_health_and_hand_over_overlaps(backend: Backend) {
     require_image_services();
     let db = busybox_image("order-db", "v1");
     let (api1, api2) = (busybox_image("order-api", "v1"), busybox_image("order-api", "v2"));
-    let device = Device::start().await;
+    let device = Device::start_on(backend).await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&device, &ordered_release(dir.path(), "1", &db, &api1));
     let db_id = only(&device, "order", "db").expect("one db");
-    let log = || docker(&device, &["exec", &db_id, "cat", "/shared/log"]);
+    let log = || exec(&device, &db_id, &["cat", "/shared/log"]);
     assert_eq!(log(), "db ready\napi start v1", "api starts once db is healthy");
 
     apply(&device, &ordered_release(dir.path(), "2", &db, &api2));
@@ -312,14 +357,26 @@ async fn dependencies_wait_for_health_and_hand_over_overlaps() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_then_download_frees_the_old_image_when_both_do_not_fit() {
+async fn kill_then_download_frees_the_old_image_when_both_do_not_fit_docker() {
+    kill_then_download_frees_the_old_image_when_both_do_not_fit(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_then_download_frees_the_old_image_when_both_do_not_fit_native() {
+    kill_then_download_frees_the_old_image_when_both_do_not_fit(Backend::Native).await;
+}
+
+async fn kill_then_download_frees_the_old_image_when_both_do_not_fit(backend: Backend) {
     require_image_services();
     // 40 MiB of incompressible data each: pulling one needs about twice
     // that while the download and the extracted layer coexist.
     let big1 = ImageSpec::new("ktd-big", "v1").filler(40 << 20).get();
     let big2 = ImageSpec::new("ktd-big", "v2").filler(40 << 20).get();
     let dockerd = containeros_tests::Dockerd::with_small_data_root(320);
-    let device = Device::start_with(dockerd, "min_free_mib = 16\n").await;
+    let device = match backend {
+        Backend::Docker => Device::start_with(dockerd, "min_free_mib = 16\n").await,
+        Backend::Native => Device::start_native_on_data_root(dockerd, "min_free_mib = 16\n").await,
+    };
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let release = |version: &str, image: &TestImage| {
@@ -353,7 +410,7 @@ services:
         device.agent.stderr()
     );
     let id = only(&device, "ktd", "big").expect("one container");
-    assert_eq!(docker(&device, &["exec", &id, "cat", "/variant"]), "v2");
+    assert_eq!(exec(&device, &id, &["cat", "/variant"]), "v2");
     assert!(
         !image_present(&device, &big1),
         "v1's image was removed to make room"
@@ -361,13 +418,22 @@ services:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn killed_at_every_step_of_an_update_the_agent_converges() {
+async fn killed_at_every_step_of_an_update_the_agent_converges_docker() {
+    killed_at_every_step_of_an_update_the_agent_converges(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_at_every_step_of_an_update_the_agent_converges_native() {
+    killed_at_every_step_of_an_update_the_agent_converges(Backend::Native).await;
+}
+
+async fn killed_at_every_step_of_an_update_the_agent_converges(backend: Backend) {
     require_image_services();
     let images: Vec<[TestImage; 2]> = ["v1", "v2"]
         .iter()
         .map(|v| [busybox_image("every-web", v), busybox_image("every-worker", v)])
         .collect();
-    let mut device = Device::start().await;
+    let mut device = Device::start_on(backend).await;
     device.engine_up().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let release = |n: usize| {
@@ -406,7 +472,7 @@ volumes:
     };
     apply(&device, &release(0));
     let db_id = only(&device, "every", "db").expect("one db");
-    docker(&device, &["exec", &db_id, "sh", "-c", "echo kept > /data/file"]);
+    exec(&device, &db_id, &["sh", "-c", "echo kept > /data/file"]);
 
     // Update n (v1 <-> v2), killing the agent right after step k starts;
     // k runs over every step of the update's plan.
@@ -456,7 +522,7 @@ volumes:
         "db never replaced"
     );
     assert_eq!(
-        docker(&device, &["exec", &db_id, "cat", "/data/file"]),
+        exec(&device, &db_id, &["cat", "/data/file"]),
         "kept",
         "volume data kept"
     );
@@ -507,7 +573,7 @@ volumes:
     );
     apply(&device, &file);
     let old_db = only(&device, "recover", "db").expect("one db");
-    docker(&device, &["exec", &old_db, "sh", "-c", "echo kept > /data/file"]);
+    exec(&device, &old_db, &["sh", "-c", "echo kept > /data/file"]);
 
     // The engine stops and its store is found corrupted (as after a power
     // cut on an SD card): it no longer starts, whatever the restarts.
@@ -534,7 +600,7 @@ volumes:
     })
     .await;
     assert_eq!(
-        docker(&device, &["exec", &new_db, "cat", "/data/file"]),
+        exec(&device, &new_db, &["cat", "/data/file"]),
         "kept",
         "the named volume survived the recovery"
     );

@@ -252,6 +252,15 @@ pub struct EngineSection {
     pub kind: EngineKind,
     pub socket: AbsPath,
     pub runtime: AbsPath,
+    /// The native engine's persistent directory (kind = "native"): image
+    /// store, containers, named volumes, networks.
+    pub native_dir: AbsPath,
+    /// The native engine's runtime directory on a tmpfs (kind = "native"):
+    /// the OCI runtime's state and container logs.
+    pub native_run_dir: AbsPath,
+    /// Registry credentials of the native engine: a Docker `config.json`
+    /// (`docker login` writes one); none when the file does not exist.
+    pub native_auth_file: AbsPath,
     /// The engine's systemd unit; `None` (empty in the file): never restart.
     #[serde(deserialize_with = "optional_unit::deserialize")]
     pub unit: Option<UnitName>,
@@ -282,6 +291,9 @@ impl Default for EngineSection {
             kind: EngineKind::Docker,
             socket: AbsPath::new("/run/docker.sock"),
             runtime: AbsPath::new("/usr/bin/crun"),
+            native_dir: AbsPath::new("/data/containeros/native"),
+            native_run_dir: AbsPath::new("/run/containeros/native"),
+            native_auth_file: AbsPath::new("/data/containeros/registry-auth.json"),
             unit: Some(UnitName("docker.service".into())),
             check_interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(5),

@@ -21,11 +21,14 @@ use std::time::{Duration, SystemTime};
 
 use containeros_api::ServiceRow;
 use containeros_apps::apply::{ApplyOptions, Event, apply};
-use containeros_apps::engine::Engine as _;
+use containeros_apps::engine::{ContainerSpec, Engine, EngineResult, PullProgress};
 use containeros_apps::locks::{self, LockClock};
 use containeros_apps::plan::{ContainerState, Health, Holds, LABEL_RELEASE, LABEL_SERVICE};
+use containeros_apps::plan::{Observed, ObservedContainer};
+use containeros_apps::release::ImageRef;
 use containeros_apps::{Mode, Release};
 use containeros_engine::{DockerApps, DockerProbe};
+use containeros_native::NativeEngine;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -76,6 +79,8 @@ pub struct Settings {
     pub stopped: Arc<Mutex<BTreeSet<String>>>,
     /// Wakes the applier for an apply now.
     pub kick: Arc<Notify>,
+    /// The built-in engine, when `engine.kind = "native"`.
+    pub native: Option<Arc<NativeEngine>>,
 }
 
 impl Settings {
@@ -106,7 +111,14 @@ impl Settings {
             stopped: Arc::new(Mutex::new(stopped)),
             kick: Arc::new(Notify::new()),
             dir,
+            native: None,
         }
+    }
+
+    /// Runs the apps on the built-in engine instead of the Docker API.
+    pub fn with_native(mut self, engine: Arc<NativeEngine>) -> Self {
+        self.native = Some(engine);
+        self
     }
 
     fn state_file(&self) -> PathBuf {
@@ -163,12 +175,87 @@ impl Settings {
         Ok(())
     }
 
-    async fn engine(&self) -> Result<DockerApps, String> {
+    async fn engine(&self) -> Result<AnyEngine, String> {
+        if let Some(native) = &self.native {
+            return Ok(AnyEngine::Native(Arc::clone(native)));
+        }
         let client = DockerProbe::new(&self.socket, self.timeout).client().await?;
         // Container operations take far longer than a ping (a stop waits
         // out the service's grace period, a loaded device starts slowly):
         // the ping's timeout (engine.check_timeout) is only for connecting.
-        Ok(DockerApps::new(client.with_timeout(ENGINE_REQUEST_TIMEOUT)))
+        Ok(AnyEngine::Docker(DockerApps::new(
+            client.with_timeout(ENGINE_REQUEST_TIMEOUT),
+        )))
+    }
+}
+
+/// The configured engine: the Docker API or the built-in one.
+#[derive(Debug)]
+pub enum AnyEngine {
+    Docker(DockerApps),
+    Native(Arc<NativeEngine>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $e:ident => $call:expr) => {
+        match $self {
+            AnyEngine::Docker($e) => $call.await,
+            AnyEngine::Native($e) => $call.await,
+        }
+    };
+}
+
+impl Engine for AnyEngine {
+    async fn observe(&self) -> EngineResult<Observed> {
+        delegate!(self, e => e.observe())
+    }
+    async fn pull(
+        &self,
+        image: &ImageRef,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> EngineResult<()> {
+        delegate!(self, e => e.pull(image, progress))
+    }
+    async fn free_space(&self) -> EngineResult<u64> {
+        delegate!(self, e => e.free_space())
+    }
+    async fn create_network(&self, name: &str, release: &str) -> EngineResult<()> {
+        delegate!(self, e => e.create_network(name, release))
+    }
+    async fn remove_network(&self, name: &str) -> EngineResult<()> {
+        delegate!(self, e => e.remove_network(name))
+    }
+    async fn create_volume(&self, name: &str, release: &str) -> EngineResult<()> {
+        delegate!(self, e => e.create_volume(name, release))
+    }
+    async fn create_container(&self, spec: &ContainerSpec<'_>) -> EngineResult<String> {
+        delegate!(self, e => e.create_container(spec))
+    }
+    async fn start(&self, container: &str) -> EngineResult<()> {
+        delegate!(self, e => e.start(container))
+    }
+    async fn stop(
+        &self,
+        container: &str,
+        grace: containeros_apps::release::Duration,
+        signal: Option<&str>,
+    ) -> EngineResult<()> {
+        delegate!(self, e => e.stop(container, grace, signal))
+    }
+    async fn remove(&self, container: &str) -> EngineResult<()> {
+        delegate!(self, e => e.remove(container))
+    }
+    async fn remove_image(&self, reference: &str) -> EngineResult<()> {
+        delegate!(self, e => e.remove_image(reference))
+    }
+    async fn inspect(&self, container: &str) -> EngineResult<ObservedContainer> {
+        delegate!(self, e => e.inspect(container))
+    }
+    async fn restart(&self, container: &str, grace: containeros_apps::release::Duration) -> EngineResult<()> {
+        delegate!(self, e => e.restart(container, grace))
+    }
+    async fn logs(&self, container: &str, lines: u32) -> EngineResult<String> {
+        delegate!(self, e => e.logs(container, lines))
     }
 }
 
@@ -400,7 +487,7 @@ async fn apply_once(
 
 /// The running container of `service` in the target release.
 async fn container_of(
-    engine: &DockerApps,
+    engine: &AnyEngine,
     target: Option<&Release>,
     service: &str,
 ) -> Result<(String, containeros_apps::release::Duration), String> {

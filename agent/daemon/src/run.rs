@@ -21,8 +21,38 @@ use crate::channel;
 use crate::device;
 use crate::os;
 
-const NATIVE_UNAVAILABLE: &str = "engine.kind = \"native\": the built-in OCI engine is not part of this agent \
-     build yet; use kind = \"docker\" with a Docker-compatible engine";
+/// How often the built-in engine applies restart policies and healthchecks.
+const NATIVE_SUPERVISION: Duration = Duration::from_secs(1);
+
+/// Opens the built-in engine of `engine.kind = "native"`; the error says
+/// which setting or path to fix.
+fn open_native(config: &containeros_config::Config) -> Result<Arc<containeros_native::NativeEngine>, String> {
+    let e = &config.engine;
+    let runtime = e.runtime.as_path();
+    if !runtime.exists() {
+        return Err(format!(
+            "engine.runtime {}: no such file; install crun (or runc) there or point engine.runtime at it",
+            runtime.display()
+        ));
+    }
+    let http = containeros_update::http::client(None, false, containeros_update::http::Timeouts::default())
+        .map_err(|e| format!("the native engine's HTTP client: {e}"))?;
+    let settings = containeros_native::Settings {
+        data: e.native_dir.as_path().to_owned(),
+        run: e.native_run_dir.as_path().to_owned(),
+        runtime: runtime.to_owned(),
+        platform: containeros_native::Platform::host(),
+        auth_file: Some(e.native_auth_file.as_path().to_owned()),
+    };
+    containeros_native::NativeEngine::open(&settings, http)
+        .map(Arc::new)
+        .map_err(|err| {
+            format!(
+                "the native engine (engine.native_dir {}): {err}",
+                e.native_dir.as_path().display()
+            )
+        })
+}
 
 pub async fn run(loaded: Loaded) -> Result<()> {
     let config = &loaded.config;
@@ -57,6 +87,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         }
     };
     let engine_kind = config.engine.kind;
+    let mut native = None;
+    // Why apps cannot run (the native engine did not open), if so.
+    let mut native_error: Option<String> = None;
     let unit = config.engine.unit.as_ref().map(|u| u.as_str().to_owned());
     let supervisor = match engine_kind {
         EngineKind::Docker => {
@@ -84,15 +117,37 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 probe, restarter, policy, engine_tx, restart_rx, stopped,
             )))
         }
-        EngineKind::Native => {
-            warn!("{NATIVE_UNAVAILABLE}");
-            engine_tx.send_replace(EngineStatus {
-                state: EngineState::Unavailable,
-                last_error: NATIVE_UNAVAILABLE.to_owned(),
-                ..EngineStatus::default()
-            });
-            None
-        }
+        EngineKind::Native => match open_native(config) {
+            Ok(engine) => {
+                info!(
+                    dir = %config.engine.native_dir.as_path().display(),
+                    runtime = %config.engine.runtime.as_path().display(),
+                    "the built-in engine is up"
+                );
+                engine_tx.send_replace(EngineStatus {
+                    state: EngineState::Up,
+                    info: Some(containeros_engine::EngineInfo {
+                        name: "ContainerOS native engine".to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        api_version: "oci".to_owned(),
+                    }),
+                    ..EngineStatus::default()
+                });
+                let containers = Arc::clone(engine.containers());
+                native = Some(engine);
+                Some(tokio::spawn(containers.supervise(NATIVE_SUPERVISION, stopped)))
+            }
+            Err(e) => {
+                error!("{e}");
+                engine_tx.send_replace(EngineStatus {
+                    state: EngineState::Unavailable,
+                    last_error: e.clone(),
+                    ..EngineStatus::default()
+                });
+                native_error = Some(e);
+                None
+            }
+        },
     };
     // Application releases: the stored target is applied again at start.
     let apps_settings = apps::Settings::new(
@@ -111,19 +166,24 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         config.apps.lock_dir.as_path().to_owned(),
         config.apps.update_lock_timeout.get(),
     );
+    let apps_settings = match native {
+        Some(engine) => apps_settings.with_native(engine),
+        None => apps_settings,
+    };
+    let apps_off = native_error.clone();
     let mirror = tokio::spawn(mirror_engine_status(
         engine_rx,
         api.clone(),
         apps_settings.kick.clone(),
     ));
-    let (target_tx, target_rx) = watch::channel(match engine_kind {
-        EngineKind::Docker => apps::stored_target(&apps_settings),
-        EngineKind::Native => None,
+    let (target_tx, target_rx) = watch::channel(match &apps_off {
+        None => apps::stored_target(&apps_settings),
+        Some(_) => None,
     });
     let target_rx_health = target_rx.clone();
     let target_tx = Arc::new(target_tx);
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let applier = (engine_kind == EngineKind::Docker).then(|| {
+    let applier = apps_off.is_none().then(|| {
         tokio::spawn(apps::applier(
             apps_settings.clone(),
             target_rx,
@@ -145,12 +205,12 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         engine: engine_watch.clone(),
         apps: apps_settings.clone(),
         target: target_rx_health,
-        kind: engine_kind,
+        apps_off: apps_off.clone(),
     });
     let apps_target: Arc<dyn os::AppsTarget> = Arc::new(AppsTargetOf {
         settings: apps_settings.clone(),
         target: target_tx.clone(),
-        kind: engine_kind,
+        apps_off: apps_off.clone(),
     });
     let (availability, os_task) = match os::Updater::new(
         &config.update,
@@ -216,11 +276,11 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             }
             Some(command) = commands.recv() => match command {
                 Command::ApplyRelease(path, reply) => {
-                    let result = match engine_kind {
-                        EngineKind::Docker => apps::accept(&apps_settings, &path).map(|release| {
+                    let result = match &apps_off {
+                        None => apps::accept(&apps_settings, &path).map(|release| {
                             target_tx.send_replace(Some(release));
                         }),
-                        EngineKind::Native => Err(NATIVE_UNAVAILABLE.to_owned()),
+                        Some(e) => Err(e.clone()),
                     };
                     let _ = reply.send(result);
                 }
@@ -548,13 +608,14 @@ struct TrialHealth {
     engine: watch::Receiver<EngineStatus>,
     apps: apps::Settings,
     target: watch::Receiver<Option<Arc<containeros_apps::Release>>>,
-    kind: EngineKind,
+    /// Why apps cannot run here, if so: then they are not checked.
+    apps_off: Option<String>,
 }
 
 impl os::Health for TrialHealth {
     fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            if self.kind != EngineKind::Docker {
+            if self.apps_off.is_some() {
                 return Ok(());
             }
             let engine = self.engine.borrow().clone();
@@ -571,7 +632,8 @@ impl os::Health for TrialHealth {
 struct AppsTargetOf {
     settings: apps::Settings,
     target: Arc<watch::Sender<Option<Arc<containeros_apps::Release>>>>,
-    kind: EngineKind,
+    /// Why apps cannot run here, if so.
+    apps_off: Option<String>,
 }
 
 impl os::AppsTarget for AppsTargetOf {
@@ -585,8 +647,8 @@ impl os::AppsTarget for AppsTargetOf {
     }
 
     fn set(&self, path: &Path) -> Result<(), String> {
-        if self.kind != EngineKind::Docker {
-            return Err(NATIVE_UNAVAILABLE.to_owned());
+        if let Some(e) = &self.apps_off {
+            return Err(e.clone());
         }
         let release = apps::accept(&self.settings, &path.display().to_string())?;
         self.target.send_replace(Some(release));

@@ -79,7 +79,8 @@ SYSTEMD_SERVICE:${PN} = "containeros-agent.service"
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system containeros"
 
-# The native engine runs containers with the OCI runtime itself.
-CONTAINEROS_ENGINE_RDEPENDS = "${@'${VIRTUAL-RUNTIME_container_runtime}' if d.getVar('CONTAINEROS_ENGINE') == 'native' else ''}"
+# The native engine runs containers with the OCI runtime itself, and builds
+# bridge networks with ip (iproute2) and nft (nftables, meta-networking).
+CONTAINEROS_ENGINE_RDEPENDS = "${@'${VIRTUAL-RUNTIME_container_runtime} iproute2 nftables' if d.getVar('CONTAINEROS_ENGINE') == 'native' else ''}"
 RDEPENDS:${PN} = "${CONTAINEROS_ENGINE_RDEPENDS} dbus"
 RRECOMMENDS:${PN} = "${PN}-cli"
