@@ -209,6 +209,9 @@ pub struct Updater {
     health: Arc<dyn Health>,
     apps: Arc<dyn AppsTarget>,
     reports: mpsc::UnboundedSender<Report>,
+    /// Extra CA for HTTPS sources (`channel.ca_file`): releases from the
+    /// channel are fetched from the channel's server.
+    ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Updater {
@@ -312,7 +315,20 @@ impl Updater {
             health,
             apps,
             reports,
+            ca_file: None,
         }))
+    }
+
+    /// Trusts `ca_file` (PEM) besides the system's CAs for HTTPS sources.
+    #[must_use]
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
+        self.ca_file = ca_file;
+        self
+    }
+
+    fn http_client(&self) -> Result<reqwest::Client, String> {
+        containeros_update::http::client(self.ca_file.as_deref(), false, Default::default())
+            .map_err(|e| e.to_string())
     }
 
     fn boot_id(&self) -> String {
@@ -492,7 +508,7 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
     }
     let booted = updater.booted()?;
     let target = booted.other();
-    let envelope = fetch_manifest(source).await?;
+    let envelope = fetch_manifest(updater, source).await?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -586,11 +602,10 @@ fn is_url(source: &str) -> bool {
     source.starts_with("https://") || source.starts_with("http://")
 }
 
-async fn fetch_manifest(source: &str) -> Result<Vec<u8>, String> {
+async fn fetch_manifest(updater: &Updater, source: &str) -> Result<Vec<u8>, String> {
     const LIMIT: u64 = 1 << 20;
     if is_url(source) {
-        let client =
-            containeros_update::http::client(None, false, Default::default()).map_err(|e| e.to_string())?;
+        let client = updater.http_client()?;
         let response = client
             .get(source)
             .send()
@@ -637,7 +652,7 @@ async fn stage_apps(
         ImageSource::File(path) => {
             std::fs::read(path).map_err(|e| format!("cannot read the apps release {shown}: {e}"))?
         }
-        ImageSource::Url(url) => fetch_manifest(url).await?,
+        ImageSource::Url(url) => fetch_manifest(updater, url).await?,
     };
     if bytes.len() as u64 != apps.size || Digest::of(&bytes) != apps.sha256 {
         return Err(format!(
@@ -761,8 +776,7 @@ async fn write(
             .await
         }
         ImageSource::Url(url) => {
-            let client = containeros_update::http::client(None, false, Default::default())
-                .map_err(|e| e.to_string())?;
+            let client = updater.http_client()?;
             containeros_update::install(
                 Source::Url { client: &client, url },
                 device,

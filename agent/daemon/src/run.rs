@@ -1,7 +1,7 @@
 //! The running daemon: bus, API object, engine supervision, systemd
 //! notifications, and a clean stop on SIGTERM/SIGINT.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,10 +160,18 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         apps_target.clone(),
         os_reports_tx,
     ) {
-        Ok(Some(updater)) => (
-            os::Availability::Running,
-            Some(tokio::spawn(os::run(updater, os_rx, stop_rx.clone()))),
-        ),
+        Ok(Some(updater)) => {
+            // Releases from the channel come from the channel's server.
+            let ca = (!config.channel.ca_file.is_empty()).then(|| PathBuf::from(&config.channel.ca_file));
+            (
+                os::Availability::Running,
+                Some(tokio::spawn(os::run(
+                    updater.with_ca_file(ca),
+                    os_rx,
+                    stop_rx.clone(),
+                ))),
+            )
+        }
         Ok(None) => (os::Availability::Off(os::DISABLED.to_owned()), None),
         Err(e) => {
             let why = format!("OS updates are unavailable: {e}");
