@@ -22,6 +22,17 @@ struct Units {
     restarts: HashMap<String, u32>,
     /// `reboot.target` start requests.
     reboots: u32,
+    /// Unique names of the connections that called `Subscribe`.
+    subscribers: std::collections::HashSet<String>,
+}
+
+/// systemd's own error names for what the stand-in refuses.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.freedesktop.systemd1")]
+enum ManagerError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    AlreadySubscribed(String),
 }
 
 #[derive(Debug)]
@@ -38,7 +49,19 @@ struct ManagerIface {
 
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
 impl ManagerIface {
-    fn subscribe(&self) {}
+    /// As systemd does, a second `Subscribe` from the same connection is
+    /// refused with `org.freedesktop.systemd1.AlreadySubscribed`.
+    fn subscribe(&self, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), ManagerError> {
+        let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let mut units = self.units.lock().expect("lock");
+        if units.subscribers.insert(sender.clone()) {
+            Ok(())
+        } else {
+            Err(ManagerError::AlreadySubscribed(format!(
+                "Client {sender} is already subscribed."
+            )))
+        }
+    }
 
     async fn restart_unit(
         &self,

@@ -371,6 +371,25 @@ async fn killed_engine_is_reported_down_and_restarted_through_systemd() {
         log.contains("restarting the engine"),
         "the restart is logged:\n{log}"
     );
+
+    // A second death is restarted too: the agent's connection is already
+    // subscribed to systemd's job signals, which systemd answers with
+    // AlreadySubscribed.
+    let pid = device
+        .units
+        .main_pid("docker.service")
+        .expect("dockerd runs again");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill dockerd again");
+    eventually(120, "the engine restarted a second time", || async {
+        let s = device.status_json();
+        (s["engine_state"] == "up" && s["engine_restarts"] == 2).then_some(())
+    })
+    .await;
+    assert_eq!(device.units.starts("docker.service"), starts_before + 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

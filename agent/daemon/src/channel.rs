@@ -327,6 +327,11 @@ pub async fn run(channel: Channel, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => {
                 warn!(channel = %channel.manifest_location(), "channel poll failed: {e}; next try in {retry:?}");
+                // Fetch the manifest again next time: a release whose install
+                // failed (the network, the server) is tried again, not
+                // skipped because the channel answers 304.
+                poll.etag = None;
+                poll.last_modified = None;
                 let w = retry;
                 retry = (retry * 2).min(channel.config.interval.get());
                 w

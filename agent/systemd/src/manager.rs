@@ -9,6 +9,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use zbus::zvariant::OwnedObjectPath;
 
+/// The error systemd answers a repeated `Subscribe` with.
+const ALREADY_SUBSCRIBED: &str = "org.freedesktop.systemd1.AlreadySubscribed";
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -109,10 +112,13 @@ impl UnitManager {
         unit: &str,
         timeout: Duration,
     ) -> Result<JobOutcome, UnitManagerError> {
-        self.proxy
-            .subscribe()
-            .await
-            .map_err(UnitManagerError::Subscribe)?;
+        match self.proxy.subscribe().await {
+            Ok(()) => {}
+            // systemd refuses a second Subscribe from the same connection
+            // (the agent's second engine restart); the first one stands.
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == ALREADY_SUBSCRIBED => {}
+            Err(e) => return Err(UnitManagerError::Subscribe(e)),
+        }
         // Listen before queuing the job, or a fast job's signal is missed.
         let mut removed = self
             .proxy
