@@ -27,6 +27,9 @@ pub struct ProvisionSection {
     /// The provisioning file on the boot partition's mount, imported at each
     /// start when it changed; empty: no provisioning.
     pub file: String,
+    /// The persistent host name file, rewritten in place only when
+    /// systemd-hostnamed cannot replace it (read-only `/etc`).
+    pub hostname_file: AbsPath,
     /// Apply the network settings through NetworkManager's D-Bus API.
     pub network: bool,
     /// Drop-in directory systemd-timesyncd reads (time servers), on tmpfs.
@@ -43,6 +46,7 @@ impl Default for ProvisionSection {
     fn default() -> Self {
         Self {
             file: "/boot/firmware/containeros/config.toml".into(),
+            hostname_file: AbsPath::new("/etc/hostname"),
             network: true,
             timesyncd_dir: AbsPath::new("/run/systemd/timesyncd.conf.d"),
             authorized_keys: AbsPath::new("/data/containeros/ssh/authorized_keys"),

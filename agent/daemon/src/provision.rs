@@ -110,6 +110,7 @@ fn with_overrides(config_path: &Path, loaded: Loaded, state_dir: &Path, p: &Prov
 /// What `apply` needs from the agent's configuration.
 pub fn targets(config: &Config, changed: bool) -> apply::Targets {
     apply::Targets {
+        hostname_file: config.provision.hostname_file.as_path().to_owned(),
         network: config.provision.network,
         timesyncd_dir: config.provision.timesyncd_dir.as_path().to_owned(),
         authorized_keys: config.provision.authorized_keys.as_path().to_owned(),

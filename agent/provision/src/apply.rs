@@ -2,7 +2,10 @@
 //! the bus — never by writing their private files where they have an API:
 //!
 //! - host name: systemd-hostnamed's `SetStaticHostname`, only when it
-//!   differs (hostnamed persists it in `/etc/hostname`, kept on `/data`);
+//!   differs (hostnamed persists it in `/etc/hostname`, kept on `/data`).
+//!   Where hostnamed cannot replace `/etc/hostname` (a read-only `/etc` with
+//!   the file bound from `/data`), the bound file is rewritten in place and
+//!   the running name set with `SetHostname`;
 //! - networks: NetworkManager's `Settings.AddConnection` or
 //!   `Connection.Update` for each provisioned profile (persistent, secrets
 //!   included, so NetworkManager keeps them root-only), and `Delete` for
@@ -34,6 +37,7 @@ use crate::network::{self, ID_PREFIX, Settings};
 )]
 trait Hostname1 {
     fn set_static_hostname(&self, hostname: &str, interactive: bool) -> zbus::Result<()>;
+    fn set_hostname(&self, hostname: &str, interactive: bool) -> zbus::Result<()>;
     #[zbus(property)]
     fn static_hostname(&self) -> zbus::Result<String>;
 }
@@ -76,6 +80,9 @@ trait Systemd {
 /// Where and what to apply.
 #[derive(Debug, Clone)]
 pub struct Targets {
+    /// The persistent host name file, written in place when hostnamed
+    /// cannot replace it.
+    pub hostname_file: PathBuf,
     /// Use NetworkManager for networks.
     pub network: bool,
     /// The drop-in directory systemd-timesyncd reads.
@@ -102,7 +109,7 @@ pub async fn apply(connection: &zbus::Connection, p: &Provision, targets: &Targe
     if let Some(hostname) = &p.device.hostname {
         steps.push(Step {
             what: "hostname",
-            result: set_hostname(connection, hostname.as_str()).await,
+            result: set_hostname(connection, hostname.as_str(), &targets.hostname_file).await,
         });
     }
     if targets.network {
@@ -125,7 +132,11 @@ pub async fn apply(connection: &zbus::Connection, p: &Provision, targets: &Targe
 }
 
 /// Sets the static host name through hostnamed when it differs.
-pub async fn set_hostname(connection: &zbus::Connection, hostname: &str) -> Result<String, String> {
+pub async fn set_hostname(
+    connection: &zbus::Connection,
+    hostname: &str,
+    file: &Path,
+) -> Result<String, String> {
     let proxy = Hostname1Proxy::new(connection)
         .await
         .map_err(|e| format!("cannot reach systemd-hostnamed: {e}"))?;
@@ -133,11 +144,37 @@ pub async fn set_hostname(connection: &zbus::Connection, hostname: &str) -> Resu
     if current == hostname {
         return Ok(format!("{hostname} (unchanged)"));
     }
+    let refused = match proxy.set_static_hostname(hostname, false).await {
+        Ok(()) => return Ok(hostname.to_owned()),
+        Err(e) => e,
+    };
+    tracing::debug!(
+        "SetStaticHostname: {refused}; writing {} in place",
+        file.display()
+    );
+    write_in_place(file, format!("{hostname}\n").as_bytes()).map_err(|e| {
+        format!(
+            "systemd-hostnamed refused host name {hostname} ({refused}), and {} cannot be written: {e}",
+            file.display()
+        )
+    })?;
     proxy
-        .set_static_hostname(hostname, false)
+        .set_hostname(hostname, false)
         .await
-        .map_err(|e| format!("systemd-hostnamed refused host name {hostname}: {e}"))?;
-    Ok(hostname.to_owned())
+        .map_err(|e| format!("{hostname} stored in {}, but not set now: {e}", file.display()))?;
+    Ok(format!("{hostname} (in {})", file.display()))
+}
+
+/// Rewrites an existing file's content without replacing the file (a file
+/// bound over another cannot be renamed onto).
+fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 async fn networks(connection: &zbus::Connection, p: &Provision, changed: bool) -> Result<String, String> {

@@ -258,15 +258,23 @@ pub fn read(path: &Path) -> io::Result<Option<String>> {
 /// Writes `text` as the provisioning file in the image at `path`; returns
 /// the partition written.
 pub fn write(path: &Path, text: &str) -> io::Result<Partition> {
+    let (dir_name, file_name) = crate::BOOT_FILE.split_once('/').unwrap_or(("", crate::BOOT_FILE));
     let (fs, partition) = open_fs(path, true)?;
+    let missing = match fs.root_dir().open_dir(dir_name) {
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e),
+    };
+    let fs = if missing {
+        fs.root_dir().create_dir(dir_name)?;
+        fs.unmount()?;
+        repair_dot_entries(path, partition)?;
+        open_fs(path, true)?.0
+    } else {
+        fs
+    };
     {
-        let root = fs.root_dir();
-        let (dir_name, file_name) = crate::BOOT_FILE.split_once('/').unwrap_or(("", crate::BOOT_FILE));
-        let dir = match root.open_dir(dir_name) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => root.create_dir(dir_name)?,
-            Err(e) => return Err(e),
-        };
+        let dir = fs.root_dir().open_dir(dir_name)?;
         const NEW: &str = "config.new";
         match dir.remove(NEW) {
             Ok(()) => {}
@@ -288,4 +296,82 @@ pub fn write(path: &Path, text: &str) -> io::Result<Partition> {
     }
     fs.unmount()?;
     Ok(partition)
+}
+
+/// fatfs 0.3 writes a long-name entry before a new directory's `.` and `..`
+/// entries, which must be the directory's first two slots (fsck.fat and
+/// other systems reject it otherwise). Right after `create_dir` the new
+/// directory holds exactly [LFN, `.`, LFN, `..`]: they are rewritten as
+/// [`.`, `..`] here, on the raw partition.
+fn repair_dot_entries(path: &Path, partition: Partition) -> io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let base = partition.start;
+    let mut bpb = [0u8; 512];
+    read_at(&mut file, base, &mut bpb)?;
+    let bps = u64::from(u16::from_le_bytes([bpb[11], bpb[12]]));
+    let spc = u64::from(bpb[13]);
+    let reserved = u64::from(u16::from_le_bytes([bpb[14], bpb[15]]));
+    let fats = u64::from(bpb[16]);
+    let root_entries = u64::from(u16::from_le_bytes([bpb[17], bpb[18]]));
+    let fat16_size = u64::from(u16::from_le_bytes([bpb[22], bpb[23]]));
+    let fat_size = if fat16_size != 0 {
+        fat16_size
+    } else {
+        u64::from(u32_le(&bpb[36..40]))
+    };
+    let fat32 = fat16_size == 0;
+    let root_sectors = (root_entries * 32).div_ceil(bps.max(1));
+    let data = base + (reserved + fats * fat_size + root_sectors) * bps;
+    let cluster_bytes = spc * bps;
+    let cluster_at = |c: u64| data + c.saturating_sub(2) * cluster_bytes;
+
+    // The root directory's byte ranges: fixed (FAT12/16) or a chain (FAT32).
+    let mut ranges = Vec::new();
+    if fat32 {
+        let mut cluster = u64::from(u32_le(&bpb[44..48]));
+        for _ in 0..64 {
+            if !(2..0x0fff_fff8).contains(&cluster) {
+                break;
+            }
+            ranges.push((cluster_at(cluster), cluster_bytes));
+            let mut next = [0u8; 4];
+            read_at(&mut file, base + reserved * bps + cluster * 4, &mut next)?;
+            cluster = u64::from(u32_le(&next) & 0x0fff_ffff);
+        }
+    } else {
+        ranges.push((base + (reserved + fats * fat_size) * bps, root_entries * 32));
+    }
+    for (start, len) in ranges {
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        read_at(&mut file, start, &mut buf)?;
+        for entry in buf.chunks_exact(32) {
+            if entry[0] == 0 {
+                break;
+            }
+            if entry[0] == 0xe5 || entry[11] == 0x0f || entry[11] & 0x10 == 0 {
+                continue;
+            }
+            let cluster = (u64::from(u16::from_le_bytes([entry[20], entry[21]])) << 16)
+                | u64::from(u16::from_le_bytes([entry[26], entry[27]]));
+            let mut slots = [0u8; 128];
+            read_at(&mut file, cluster_at(cluster), &mut slots)?;
+            let broken = slots[11] == 0x0f
+                && &slots[32..43] == b".          "
+                && slots[64 + 11] == 0x0f
+                && &slots[96..107] == b"..         ";
+            if broken {
+                let mut fixed = [0u8; 128];
+                fixed[..32].copy_from_slice(&slots[32..64]);
+                fixed[32..64].copy_from_slice(&slots[96..128]);
+                // `..` of a directory in the root names cluster 0, also on
+                // FAT32 (fatfs writes the root's own cluster there).
+                for b in [52, 53, 58, 59] {
+                    fixed[b] = 0;
+                }
+                file.seek(SeekFrom::Start(cluster_at(cluster)))?;
+                file.write_all(&fixed)?;
+            }
+        }
+    }
+    file.sync_all()
 }

@@ -82,7 +82,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let record = self.record.as_ref().map(|r| {
             format!(
-                "{} (sha256 {}) imported at {}",
+                "{} (sha256 {}) of {}",
                 r.source.display(),
                 &r.imported_sha256[..r.imported_sha256.len().min(12)],
                 crate::rfc3339(r.imported_at)
