@@ -197,7 +197,10 @@ fn load_reads_the_override_from_the_state_dir() {
 
 #[test]
 fn provisioned_layer_sits_between_base_and_override() {
-    let base = src("/etc/agent.toml", "[channel]\nurl = \"https://base\"\n[apps]\nmin_free_mib = 1\n");
+    let base = src(
+        "/etc/agent.toml",
+        "[channel]\nurl = \"https://base\"\n[apps]\nmin_free_mib = 1\n",
+    );
     let provisioned = src(
         "/data/containeros/provision/agent.toml",
         "[channel]\nurl = \"https://provisioned\"\n[apps]\ndevelopment = true\n",
