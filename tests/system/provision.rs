@@ -123,10 +123,12 @@ impl Mounted {
             .prefix("cos-boot")
             .tempdir()
             .expect("tempdir");
+        let mounted = Self { device, point };
+        // Constructed first, so a failed mount still detaches the device.
         run(Command::new("fusefat")
-            .args(["-o", "rw+", &device])
-            .arg(point.path()));
-        Self { device, point }
+            .args(["-o", "rw+", &mounted.device])
+            .arg(mounted.point.path()));
+        mounted
     }
 
     fn file(&self) -> PathBuf {
@@ -271,7 +273,7 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
     let mut rig = Rig::start(&boot.file()).await;
 
     // Imported, and the host name set through the real hostnamed.
-    let status = eventually(30, "provisioning imported", || async {
+    let status = eventually(90, "provisioning imported", || async {
         let s = rig.status();
         s["provisioning"]
             .as_str()
@@ -279,7 +281,7 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
             .then_some(s)
     })
     .await;
-    eventually(30, "host name applied", || async {
+    eventually(90, "host name applied", || async {
         (rig.hostnamed.static_hostname().as_deref() == Some("kiosk-7")).then_some(())
     })
     .await;
@@ -291,7 +293,7 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
 
     // NetworkManager got the profiles through its API, secrets included,
     // in its own root-only keyfiles.
-    let shop = eventually(30, "Wi-Fi profiles in NetworkManager", || async {
+    let shop = eventually(90, "Wi-Fi profiles in NetworkManager", || async {
         rig.profile("containeros-wifi-Shop")
             .zip(rig.profile("containeros-wifi-Office"))
     })
@@ -328,18 +330,25 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
     assert_eq!(mode(&rig.state.path().join("provision")), 0o700);
 
     // Time servers and SSH.
-    let timesyncd = std::fs::read_to_string(rig.state.path().join("timesyncd.conf.d/containeros.conf"))
-        .expect("timesyncd drop-in");
+    // (The steps run one after the other: wait for each.)
+    let dropin = rig.state.path().join("timesyncd.conf.d/containeros.conf");
+    let timesyncd = eventually(90, "timesyncd drop-in", || async {
+        std::fs::read_to_string(&dropin).ok()
+    })
+    .await;
     assert!(timesyncd.contains("NTP=ntp1.example.net 10.0.0.1"), "{timesyncd}");
-    assert_eq!(rig.units.try_restarts("systemd-timesyncd.service"), 1);
+    eventually(90, "timesyncd restarted", || async {
+        (rig.units.try_restarts("systemd-timesyncd.service") == 1).then_some(())
+    })
+    .await;
     let keys = rig.state.path().join("ssh/authorized_keys");
-    let written = eventually(30, "authorized keys written", || async {
+    let written = eventually(90, "authorized keys written", || async {
         std::fs::read_to_string(&keys).ok()
     })
     .await;
     assert_eq!(written.trim(), SSH_KEY);
     assert_eq!(mode(&keys), 0o600);
-    eventually(30, "sshd started", || async {
+    eventually(90, "sshd started", || async {
         (rig.units.starts("sshd.socket") == 1).then_some(())
     })
     .await;
@@ -358,7 +367,7 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
     // Next boot, same file: nothing imported again, nothing rewritten.
     rig.agent.terminate();
     rig.agent.restart();
-    let s = eventually(30, "status after restart", || async {
+    let s = eventually(90, "status after restart", || async {
         let s = rig.status();
         s["provisioning"]
             .as_str()
@@ -383,7 +392,7 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
     rewrite(&boot.file(), cut);
     rig.agent.terminate();
     rig.agent.restart();
-    let s = eventually(30, "refused edit reported", || async {
+    let s = eventually(90, "refused edit reported", || async {
         let s = rig.status();
         s["provisioning"]
             .as_str()
@@ -410,7 +419,7 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
     rewrite(&boot.file(), &on_boot.replace("kiosk-7", "kiosk-8"));
     rig.agent.terminate();
     rig.agent.restart();
-    eventually(30, "edited host name applied", || async {
+    eventually(90, "edited host name applied", || async {
         (rig.hostnamed.static_hostname().as_deref() == Some("kiosk-8")).then_some(())
     })
     .await;
