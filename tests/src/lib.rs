@@ -5,7 +5,7 @@
 //!   shipped policy file, so access control is tested as installed.
 //! - [`UnitManager`]: a stand-in for systemd on that bus. It implements the
 //!   `org.freedesktop.systemd1.Manager` calls the agent makes (`Subscribe`,
-//!   `RestartUnit`, `StopUnit`, the `JobRemoved` signal) and really runs the unit's
+//!   `RestartUnit`, `StartUnit`, `TryRestartUnit`, `StopUnit`, the `JobRemoved` signal) and really runs the unit's
 //!   process — here a private `dockerd` — waiting for its `READY=1` on a
 //!   `NOTIFY_SOCKET` the way systemd does for `Type=notify` units. systemd
 //!   itself is not PID 1 on the test machines, hence the stand-in.
@@ -15,6 +15,9 @@
 //!   the test and a `NOTIFY_SOCKET` the harness reads readiness from.
 //! - [`bin`]: the workspace's binaries, built once per test run.
 //! - [`https`]: an HTTPS file server on loopback that can cut connections.
+//! - [`Hostnamed`], [`NetworkManager`]: the real systemd-hostnamed and
+//!   NetworkManager (Debian's), each on the test bus in namespaces of its own
+//!   (mount, UTS, network) so they change nothing on the machine.
 //! - [`busybox_image`]: test images built from Debian's static busybox and
 //!   pushed to the local registry, so the agent's pulls are real pulls.
 
@@ -22,11 +25,13 @@ mod bus;
 pub mod https;
 mod images;
 mod procs;
+mod services;
 mod units;
 
 pub use bus::Bus;
 pub use images::*;
 pub use procs::{Agent, Dockerd, bin, cli, require_root, run_as};
+pub use services::{Hostnamed, NetworkManager};
 pub use units::UnitManager;
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after

@@ -24,6 +24,8 @@ struct Units {
     reboots: u32,
     /// Unique names of the connections that called `Subscribe`.
     subscribers: std::collections::HashSet<String>,
+    /// `TryRestartUnit` calls per unit.
+    try_restarts: HashMap<String, u32>,
 }
 
 /// systemd's own error names for what the stand-in refuses.
@@ -94,16 +96,17 @@ impl ManagerIface {
         Ok(path)
     }
 
-    /// Only `reboot.target`, as `systemctl reboot` asks: the request is
-    /// counted (the test decides what a reboot means) and the job is done.
+    /// `reboot.target`, as `systemctl reboot` asks: the request is counted
+    /// (the test decides what a reboot means) and the job is done. Any
+    /// other defined unit is started (restarted) like `RestartUnit`.
     async fn start_unit(
         &self,
         name: String,
-        _mode: String,
+        mode: String,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> zbus::fdo::Result<OwnedObjectPath> {
         if name != "reboot.target" {
-            return Err(zbus::fdo::Error::Failed(format!("Unit {name} not found.")));
+            return self.restart_unit(name, mode, emitter).await;
         }
         let id = {
             let mut units = self.units.lock().expect("lock");
@@ -111,6 +114,29 @@ impl ManagerIface {
             units.next_job += 1;
             units.next_job
         };
+        let path = OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{id}"))
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let _ = Self::job_removed(&emitter, id, path.as_ref(), &name, "done").await;
+        Ok(path)
+    }
+
+    /// Restarts the unit if it runs; otherwise, as systemd does, nothing
+    /// (counted in `try_restarts`).
+    async fn try_restart_unit(
+        &self,
+        name: String,
+        mode: String,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> zbus::fdo::Result<OwnedObjectPath> {
+        let (running, id) = {
+            let mut units = self.units.lock().expect("lock");
+            *units.try_restarts.entry(name.clone()).or_default() += 1;
+            units.next_job += 1;
+            (units.running.contains_key(&name), units.next_job)
+        };
+        if running {
+            return self.restart_unit(name, mode, emitter).await;
+        }
         let path = OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{id}"))
             .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
         let _ = Self::job_removed(&emitter, id, path.as_ref(), &name, "done").await;
@@ -278,6 +304,17 @@ impl UnitManager {
             .lock()
             .expect("lock")
             .restarts
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many times `TryRestartUnit` was called for the unit.
+    pub fn try_restarts(&self, name: &str) -> u32 {
+        self.units
+            .lock()
+            .expect("lock")
+            .try_restarts
             .get(name)
             .copied()
             .unwrap_or(0)

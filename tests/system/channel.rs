@@ -74,10 +74,11 @@ fn channel_config(url: &str) -> String {
     format!("[channel]\nurl = \"{url}\"\ninterval = \"10s\"\n")
 }
 
-/// This device's rollout bucket, computed as the agent does.
-fn bucket(channel: &str) -> u8 {
-    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
-    let digest = crate::os::sha256(format!("{}\n{channel}", machine_id.trim()).as_bytes());
+/// This device's rollout bucket, computed as the agent does: from the
+/// device id the agent keeps in its state directory.
+fn bucket(state_dir: &std::path::Path, channel: &str) -> u8 {
+    let device_id = std::fs::read_to_string(state_dir.join("device-id")).expect("the agent's device-id");
+    let digest = crate::os::sha256(format!("{}\n{channel}", device_id.trim()).as_bytes());
     let first = u64::from_str_radix(&digest[..16], 16).expect("hex");
     u8::try_from(first % 100).expect("bucket")
 }
@@ -156,7 +157,7 @@ async fn bad_old_and_not_yet_rolled_out_releases_are_ignored() {
     assert_eq!(web_variant(&u), None);
 
     // Rolled out to exactly the devices below this one's bucket: not yet.
-    let b = bucket("stable");
+    let b = bucket(u.device._state.path(), "stable");
     publish(&u, &apps_only(&u, 4, "release", &apps1, Some(b)));
     eventually(30, "the rollout holding this device back", || async {
         u.device

@@ -14,5 +14,6 @@ mod lifecycle;
 mod os;
 mod podman;
 mod policy;
+mod provision;
 mod publish;
 mod release;

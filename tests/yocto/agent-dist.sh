@@ -11,7 +11,7 @@ recipe=$root/meta-containeros/recipes-containeros/containeros-agent/containeros-
 status=0
 fail() { echo "FAIL: agent-dist: $*"; status=1; }
 
-for f in containeros-agent.service org.containeros.Agent1.conf agent.toml; do
+for f in containeros-agent.service org.containeros.Agent1.conf agent.toml provision-config.toml; do
     [ -f "$dist/$f" ] || fail "agent/dist/$f missing (the recipe installs it)"
 done
 [ $status = 0 ] || exit 1
@@ -71,5 +71,28 @@ for p in problems:
     print("FAIL: agent-dist: " + p)
 sys.exit(1 if problems else 0)
 PY
-[ $status = 0 ] && echo "PASS: agent-dist: unit, D-Bus policy and config match the recipe; native engine switch gives kind=native runtime=/usr/bin/crun unit=\"\"; GRUB switch gives update.bootloader=grub"
+# The boot mount switch: the recipe's sed line over the [provision] section,
+# with the GRUB machines' mount point.
+cp "$dist/agent.toml" "$tmp/mount.toml"
+mount=$(grep -F 's|^file = .*|file = "${CONTAINEROS_BOOT_MOUNT}/containeros/config.toml"|' "$recipe" |
+        sed -e 's/^ *//' -e 's/ *\\$//' -e 's|\${CONTAINEROS_BOOT_MOUNT}|/boot/efi|' || true)
+[ -n "$mount" ] || fail "could not find the provision.file switch in the recipe"
+[ -n "$mount" ] && eval "$mount" "$tmp/mount.toml"
+python3 - "$dist/agent.toml" "$tmp/mount.toml" <<'PY' || status=1
+import sys, tomllib
+default = tomllib.load(open(sys.argv[1], "rb"))
+switched = tomllib.load(open(sys.argv[2], "rb"))
+problems = []
+if switched.get("provision", {}).get("file") != "/boot/efi/containeros/config.toml":
+    problems.append("the recipe's boot mount switch gives [provision] %r" % switched.get("provision"))
+strip = lambda c: {k: ({kk: vv for kk, vv in v.items() if kk != "file"} if k == "provision" else v) for k, v in c.items()}
+if strip(default) != strip(switched):
+    problems.append("the boot mount switch changed more than provision.file")
+for p in problems:
+    print("FAIL: agent-dist: " + p)
+sys.exit(1 if problems else 0)
+PY
+grep -q 'agent/dist/provision-config.toml ${DEPLOYDIR}/containeros-provision.toml' "$recipe" ||
+    fail "the recipe no longer deploys the provisioning template as containeros-provision.toml"
+[ $status = 0 ] && echo "PASS: agent-dist: unit, D-Bus policy and config match the recipe; native engine switch gives kind=native runtime=/usr/bin/crun unit=\"\"; GRUB switch gives update.bootloader=grub; boot mount switch gives provision.file; template deployed"
 exit $status

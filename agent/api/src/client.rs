@@ -34,6 +34,10 @@ pub trait Agent {
     fn engine_version(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn engine_restarts(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn device_id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn provisioning(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -191,6 +195,8 @@ pub async fn status(proxy: &AgentProxy<'_>) -> Result<Status, ClientError> {
         engine_state: string(&all, "EngineState"),
         engine_version: string(&all, "EngineVersion"),
         engine_restarts: number(&all, "EngineRestarts"),
+        device_id: string(&all, "DeviceId"),
+        provisioning: string(&all, "Provisioning"),
     })
 }
 

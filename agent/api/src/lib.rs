@@ -58,6 +58,12 @@ pub struct Status {
     pub engine_version: String,
     /// Restarts of the engine the agent made since it started.
     pub engine_restarts: u32,
+    /// The device's UUID, made on first boot and kept on /data (the
+    /// staged-rollout key).
+    pub device_id: String,
+    /// The first-boot provisioning file: what this start's import did (or
+    /// why it did not), and anything that could not be applied.
+    pub provisioning: String,
 }
 
 /// Everything the `org.containeros.Agent1.Installer` interface publishes:

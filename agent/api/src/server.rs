@@ -173,6 +173,16 @@ impl AgentInterface {
     fn engine_restarts(&self) -> u32 {
         self.status.engine_restarts
     }
+
+    #[zbus(property)]
+    fn device_id(&self) -> &str {
+        &self.status.device_id
+    }
+
+    #[zbus(property)]
+    fn provisioning(&self) -> &str {
+        &self.status.provisioning
+    }
 }
 
 /// Lets the daemon change the published status; every changed property is
@@ -237,6 +247,12 @@ async fn emit_changes(
     }
     if before.engine_restarts != after.engine_restarts {
         iface.engine_restarts_changed(e).await?;
+    }
+    if before.device_id != after.device_id {
+        iface.device_id_changed(e).await?;
+    }
+    if before.provisioning != after.provisioning {
+        iface.provisioning_changed(e).await?;
     }
     Ok(())
 }

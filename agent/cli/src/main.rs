@@ -12,6 +12,7 @@
 mod apps;
 mod engine;
 mod os;
+mod provision;
 mod release;
 mod status;
 
@@ -53,6 +54,11 @@ enum Command {
     /// (runs anywhere; does not talk to an agent).
     #[command(subcommand)]
     Release(release::Command),
+    /// Host side: the first-boot provisioning file on a disk image's or
+    /// card's boot partition, without mounting it (does not talk to an
+    /// agent).
+    #[command(subcommand)]
+    Provision(provision::Command),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Provision(command) = cli.command {
+        return match provision::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containeros provision: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(async {
         let agent = containeros_api::connect(cli.bus.as_deref()).await?;
         match cli.command {
@@ -80,7 +95,7 @@ fn main() -> ExitCode {
             Command::Apps(command) => apps::run(&agent, command).await,
             Command::Engine(command) => engine::run(&agent, command).await,
             Command::Os(command) => os::run(&agent, command).await,
-            Command::Release(_) => Ok(()),
+            Command::Release(_) | Command::Provision(_) => Ok(()),
         }
     });
     match result {

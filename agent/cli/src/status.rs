@@ -37,12 +37,14 @@ fn human(s: &Status) -> String {
         format!("{} ({}%)", s.operation, s.progress)
     };
     format!(
-        "Agent:        {}\nOS version:   {}\nBooted slot:  {}\nOperation:    {}\nEngine:       {}\nLast error:   {}\n",
+        "Device id:    {}\nAgent:        {}\nOS version:   {}\nBooted slot:  {}\nOperation:    {}\nEngine:       {}\nProvisioning: {}\nLast error:   {}\n",
+        or_dash(&s.device_id),
         s.agent_version,
         or_dash(&s.os_version),
         or_dash(&s.booted_slot),
         operation,
         engine,
+        or_dash(&s.provisioning),
         or_dash(&s.last_error),
     )
 }
@@ -61,12 +63,16 @@ mod tests {
             engine_state: "up".into(),
             engine_version: "Engine 20.10.24 (API 1.41)".into(),
             engine_restarts: 1,
+            device_id: "6f1c2b0e-3d4a-4f5b-8c6d-7e8f9a0b1c2d".into(),
+            provisioning: "in force: /boot/firmware/containeros/config.toml (sha256 0123456789ab) of 2026-11-22T12:00:00Z".into(),
             ..Status::default()
         };
         assert_eq!(
             human(&s),
-            "Agent:        0.1.0\nOS version:   1.2\nBooted slot:  B\nOperation:    idle\n\
-             Engine:       up, Engine 20.10.24 (API 1.41) (restarted 1x by the agent)\nLast error:   -\n"
+            "Device id:    6f1c2b0e-3d4a-4f5b-8c6d-7e8f9a0b1c2d\nAgent:        0.1.0\nOS version:   1.2\nBooted slot:  B\nOperation:    idle\n\
+             Engine:       up, Engine 20.10.24 (API 1.41) (restarted 1x by the agent)\n\
+             Provisioning: in force: /boot/firmware/containeros/config.toml (sha256 0123456789ab) of 2026-11-22T12:00:00Z\n\
+             Last error:   -\n"
         );
     }
 }

@@ -28,7 +28,7 @@ pub use duration::Duration;
 pub use error::ConfigError;
 pub use model::{
     AbsPath, AgentSection, AppsSection, Bootloader, Bus, ChannelMode, ChannelSection, Config, DbusSection,
-    EngineKind, EngineSection, UnitName, UpdateSection, maintenance_window,
+    EngineKind, EngineSection, ProvisionSection, UnitName, UpdateSection, maintenance_window,
 };
 
 use std::path::{Path, PathBuf};
@@ -40,6 +40,10 @@ pub const DEFAULT_PATH: &str = "/etc/containeros/agent.toml";
 pub const PATH_ENV: &str = "CONTAINEROS_CONFIG";
 /// Name of the override file inside `agent.state_dir`.
 pub const OVERRIDE_FILE: &str = "agent.toml";
+/// The settings the boot partition's provisioning file gives, written by
+/// the agent's import under `agent.state_dir`; between the base file and the
+/// override file.
+pub const PROVISIONED_FILE: &str = "provision/agent.toml";
 
 /// One configuration file as read, kept to locate keys in error messages.
 #[derive(Debug, Clone)]
@@ -68,34 +72,45 @@ impl Loaded {
 }
 
 /// Loads the base file at `path` (which must exist) and, if present, the
-/// override file in the state directory the base file names.
+/// provisioned settings and the override file in the state directory the
+/// base file names.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let base = read(path)?;
     let base_config = parse_one(&base)?;
 
-    let override_path = base_config.agent.state_dir.as_path().join(OVERRIDE_FILE);
-    let overlay = match std::fs::read_to_string(&override_path) {
-        Ok(text) => Some(Source {
-            path: override_path,
-            text,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: override_path,
-                source,
-            });
+    let state_dir = base_config.agent.state_dir.as_path();
+    let mut layers = Vec::new();
+    for name in [PROVISIONED_FILE, OVERRIDE_FILE] {
+        let layer_path = state_dir.join(name);
+        match std::fs::read_to_string(&layer_path) {
+            Ok(text) => layers.push(Source {
+                path: layer_path,
+                text,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: layer_path,
+                    source,
+                });
+            }
         }
-    };
-    load_sources(base, overlay)
+    }
+    load_layers(base, layers)
 }
 
 /// Parses the given base text and optional override text (named for error
 /// messages) without touching the file system.
 pub fn load_sources(base: Source, overlay: Option<Source>) -> Result<Loaded, ConfigError> {
+    load_layers(base, overlay.into_iter().collect())
+}
+
+/// Parses the base text and the layers over it, later layers winning key by
+/// key, without touching the file system.
+pub fn load_layers(base: Source, layers: Vec<Source>) -> Result<Loaded, ConfigError> {
     let mut merged = parse_table(&base)?;
     let mut sources = vec![base];
-    if let Some(overlay) = overlay {
+    for overlay in layers {
         let partial = parse_one(&overlay)?;
         if partial.agent.state_dir != Config::default().agent.state_dir
             || locate::key_location(&overlay.path, &overlay.text, "agent.state_dir").is_some()

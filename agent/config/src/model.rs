@@ -18,6 +18,41 @@ pub struct Config {
     pub apps: AppsSection,
     pub update: UpdateSection,
     pub channel: ChannelSection,
+    pub provision: ProvisionSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisionSection {
+    /// The provisioning file on the boot partition's mount, imported at each
+    /// start when it changed; empty: no provisioning.
+    pub file: String,
+    /// The persistent host name file, rewritten in place only when
+    /// systemd-hostnamed cannot replace it (read-only `/etc`).
+    pub hostname_file: AbsPath,
+    /// Apply the network settings through NetworkManager's D-Bus API.
+    pub network: bool,
+    /// Drop-in directory systemd-timesyncd reads (time servers), on tmpfs.
+    pub timesyncd_dir: AbsPath,
+    /// Where the SSH authorized keys are written; sshd is started only when
+    /// the provisioning file lists keys.
+    pub authorized_keys: AbsPath,
+    /// The systemd unit that runs sshd; empty: SSH is not managed.
+    #[serde(deserialize_with = "optional_unit::deserialize")]
+    pub ssh_unit: Option<UnitName>,
+}
+
+impl Default for ProvisionSection {
+    fn default() -> Self {
+        Self {
+            file: "/boot/firmware/containeros/config.toml".into(),
+            hostname_file: AbsPath::new("/etc/hostname"),
+            network: true,
+            timesyncd_dir: AbsPath::new("/run/systemd/timesyncd.conf.d"),
+            authorized_keys: AbsPath::new("/data/containeros/ssh/authorized_keys"),
+            ssh_unit: Some(UnitName("sshd.socket".into())),
+        }
+    }
 }
 
 /// What the agent does with a newer release it finds on its channel.
@@ -320,6 +355,13 @@ impl Config {
                 .unwrap_or_default();
             ConfigError::invalid_at(&path, at.map(|l| (l.line, l.column)), Some(key), &message, hint)
         };
+        if !self.provision.file.is_empty() && !self.provision.file.starts_with('/') {
+            return Err(located(
+                "provision.file",
+                format!("\"{}\" is not an absolute path", self.provision.file),
+                "use the file's path on the boot partition's mount, e.g. \"/boot/firmware/containeros/config.toml\", or \"\" for none",
+            ));
+        }
         if !self.channel.maintenance_window.is_empty()
             && maintenance_window(&self.channel.maintenance_window).is_none()
         {

@@ -194,3 +194,24 @@ fn load_reads_the_override_from_the_state_dir() {
         .to_string();
     assert!(missing.contains("nope.toml not found"), "{missing}");
 }
+
+#[test]
+fn provisioned_layer_sits_between_base_and_override() {
+    let base = src(
+        "/etc/agent.toml",
+        "[channel]\nurl = \"https://base\"\n[apps]\nmin_free_mib = 1\n",
+    );
+    let provisioned = src(
+        "/data/containeros/provision/agent.toml",
+        "[channel]\nurl = \"https://provisioned\"\n[apps]\ndevelopment = true\n",
+    );
+    let overlay = src("/data/containeros/agent.toml", "[apps]\ndevelopment = false\n");
+    let loaded = load_layers(base, vec![provisioned, overlay]).expect("valid");
+    assert_eq!(loaded.config.channel.url, "https://provisioned");
+    assert!(!loaded.config.apps.development);
+    assert_eq!(loaded.config.apps.min_free_mib, 1);
+    assert_eq!(
+        loaded.locate("channel.url").map(|l| l.path),
+        Some(PathBuf::from("/data/containeros/provision/agent.toml"))
+    );
+}

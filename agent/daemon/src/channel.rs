@@ -10,7 +10,7 @@
 //!   newer than the last one acted on is ignored with one log line; nothing
 //!   changes.
 //! - Staged rollout: a device takes a release when a stable hash of its
-//!   machine id and the channel name, as a number 0–99, is below the
+//!   device id and the channel name, as a number 0–99, is below the
 //!   manifest's `rollout` percentage.
 //! - What it applies: an OS image whose `os.version` differs from the
 //!   running OS is installed through the OS updater (with the release's
@@ -40,7 +40,8 @@ pub struct Channel {
     pub state_dir: PathBuf,
     /// The running OS version (os-release VERSION_ID).
     pub os_version: String,
-    pub machine_id: String,
+    /// The device's UUID (kept on /data): the staged-rollout key.
+    pub device_id: String,
     pub os: Option<mpsc::Sender<os::Request>>,
     pub apps: Arc<dyn os::AppsTarget>,
 }
@@ -88,7 +89,7 @@ impl Channel {
     /// This device's place in a staged rollout, 0–99: stable per device
     /// and channel.
     fn bucket(&self, channel: &str) -> u8 {
-        let digest = Digest::of(format!("{}\n{channel}", self.machine_id.trim()).as_bytes());
+        let digest = Digest::of(format!("{}\n{channel}", self.device_id.trim()).as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest.0[..8]);
         u8::try_from(u64::from_be_bytes(first) % 100).unwrap_or(0)

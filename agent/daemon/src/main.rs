@@ -11,6 +11,7 @@ mod channel;
 mod device;
 mod logging;
 mod os;
+mod provision;
 mod run;
 mod store;
 
@@ -61,7 +62,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::run(loaded)) {
+    let (loaded, provisioned) = provision::start(&args.config, loaded);
+    match runtime.block_on(run::run(loaded, provisioned)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -20,6 +20,7 @@ use crate::apps;
 use crate::channel;
 use crate::device;
 use crate::os;
+use crate::provision::{self, Provisioned};
 
 /// How often the built-in engine applies restart policies and healthchecks.
 const NATIVE_SUPERVISION: Duration = Duration::from_secs(1);
@@ -54,7 +55,7 @@ fn open_native(config: &containeros_config::Config) -> Result<Arc<containeros_na
         })
 }
 
-pub async fn run(loaded: Loaded) -> Result<()> {
+pub async fn run(loaded: Loaded, provisioned: Provisioned) -> Result<()> {
     let config = &loaded.config;
     let notifier = Notifier::from_env().context("cannot use $NOTIFY_SOCKET")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -62,7 +63,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     let connection = connect(&config.dbus.bus).await?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(8);
-    let status = initial_status(config.agent.os_release.as_path(), config.update.cmdline.as_path());
+    let mut status = initial_status(config.agent.os_release.as_path(), config.update.cmdline.as_path());
+    status.device_id = provisioned.device_id.clone();
+    status.provisioning = provisioned.summary.clone();
     let os_version = status.os_version.clone();
     let served = containeros_api::serve_on(&connection, status, commands_tx)
         .await
@@ -74,6 +77,22 @@ pub async fn run(loaded: Loaded) -> Result<()> {
              (org.containeros.Agent1.conf in /usr/share/dbus-1/system.d) is not installed"
         )
     })?;
+
+    // The provisioned network, host name, time servers and SSH, through
+    // their services on the bus; the outcome joins the Provisioning property.
+    let provisioner = provisioned.in_force.clone().map(|p| {
+        let (connection, api) = (connection.clone(), api.clone());
+        let targets = provision::targets(config, provisioned.changed);
+        let summary = provisioned.summary.clone();
+        tokio::spawn(async move {
+            let problems = provision::apply(&connection, &p, &targets).await;
+            if !problems.is_empty() {
+                let _ = api
+                    .update(|s| s.provisioning = format!("{summary}; not applied: {problems}"))
+                    .await;
+            }
+        })
+    });
 
     // Engine supervision publishes into a watch; one task mirrors it onto D-Bus.
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::default());
@@ -249,7 +268,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 keys,
                 state_dir: config.agent.state_dir.as_path().to_owned(),
                 os_version: os_version.clone(),
-                machine_id: std::fs::read_to_string("/etc/machine-id").unwrap_or_default(),
+                device_id: provisioned.device_id.clone(),
                 os: (availability == os::Availability::Running).then(|| os_tx.clone()),
                 apps: apps_target.clone(),
             },
@@ -350,6 +369,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     }
     mirror.abort();
     reporter.abort();
+    if let Some(task) = provisioner {
+        task.abort();
+    }
     os_reporter.abort();
     let _ = connection.release_name(BUS_NAME).await;
     info!("stopped");

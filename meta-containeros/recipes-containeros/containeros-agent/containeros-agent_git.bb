@@ -16,7 +16,7 @@ PV = "0.1.0+git"
 SRC_URI = "git://github.com/containeros/containeros.git;protocol=https;branch=main"
 SRCREV = "fb7947dc3091abd59ba2fe92c1ec84c204540e79"
 
-inherit cargo cargo-update-recipe-crates systemd useradd
+inherit cargo cargo-update-recipe-crates systemd useradd deploy
 
 # Every crate in Cargo.lock, fetched before do_compile: no network while
 # cargo runs (--frozen).
@@ -66,7 +66,20 @@ do_install() {
         grep -q '^bootloader = "grub"$' ${D}${sysconfdir}/containeros/agent.toml ||
             bbfatal "agent.toml: could not select GRUB; has the [update] section changed?"
     fi
+
+    # The provisioning file is read where the boot partition is mounted.
+    sed -i -e '/^\[provision\]/,/^\[/s|^file = .*|file = "${CONTAINEROS_BOOT_MOUNT}/containeros/config.toml"|' \
+        ${D}${sysconfdir}/containeros/agent.toml
+    grep -q '^file = "${CONTAINEROS_BOOT_MOUNT}/containeros/config.toml"$' ${D}${sysconfdir}/containeros/agent.toml ||
+        bbfatal "agent.toml: could not set provision.file; has the [provision] section changed?"
 }
+
+# The provisioning file's template, for the image's boot partition
+# (IMAGE_BOOT_FILES in containeros-image).
+do_deploy() {
+    install -m 0644 ${S}/agent/dist/provision-config.toml ${DEPLOYDIR}/containeros-provision.toml
+}
+addtask deploy after do_install before do_build
 
 PACKAGES =+ "${PN}-cli"
 FILES:${PN}-cli += "${bindir}/containeros"

@@ -14,8 +14,7 @@ SRC_URI = "file://containeros-preinit.in \
            file://containeros-grow-data.service \
            file://journald-containeros.conf \
            file://boot-mount.in \
-           file://run-ssh.mount \
-           file://80-containeros-wlan.network"
+           file://run-ssh.mount"
 
 S = "${UNPACKDIR}"
 
@@ -32,13 +31,13 @@ PACKAGE_ARCH = "${MACHINE_ARCH}"
 # and it is created in the root file system so there is something to bind
 # over. Files are bound as they are: replace their content in place (a
 # rename onto a bound file fails).
-CONTAINEROS_PERSISTENT_ETC ??= "machine-id hostname systemd/network/ ${CONTAINEROS_PERSISTENT_ETC_WIFI}"
-CONTAINEROS_PERSISTENT_ETC_WIFI ??= "${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'wpa_supplicant/', '', d)}"
+# NetworkManager's profiles (system-connections/) hold the provisioned
+# networks, secrets included (root-only keyfiles).
+CONTAINEROS_PERSISTENT_ETC ??= "machine-id hostname NetworkManager/system-connections/"
 # Directories created on /data at every boot before systemd starts.
 CONTAINEROS_DATA_DIRS ??= "etc/ssh-host-keys"
-# Where the boot partition (bootloader environment) is mounted; fw_env.config
-# and the agent use the same path.
-CONTAINEROS_BOOT_MOUNT ??= "${@'/boot/efi' if d.getVar('CONTAINEROS_BOOTLOADER') == 'grub' else '/boot/firmware'}"
+# Where the boot partition is mounted: CONTAINEROS_BOOT_MOUNT (distro,
+# containeros-boot.inc).
 
 SYSTEMD_SERVICE:${PN} = "containeros-grow-data.service ${@containeros_mount_unit(d)} run-ssh.mount"
 
@@ -71,14 +70,9 @@ do_install() {
         */) install -d ${D}${sysconfdir}/$p ;;
         esac
     done
-
-    if ${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'true', 'false', d)}; then
-        install -d ${D}${systemd_unitdir}/network
-        install -m 0644 ${UNPACKDIR}/80-containeros-wlan.network ${D}${systemd_unitdir}/network/
-    fi
 }
 
-FILES:${PN} += "/data ${CONTAINEROS_BOOT_MOUNT} ${systemd_unitdir}/journald.conf.d ${systemd_unitdir}/network"
+FILES:${PN} += "/data ${CONTAINEROS_BOOT_MOUNT} ${systemd_unitdir}/journald.conf.d"
 
 RDEPENDS:${PN} = "e2fsprogs-resize2fs \
                   util-linux-findmnt \

@@ -52,3 +52,10 @@ do_image_wic[depends] += "${@' '.join('%s:do_deploy' % p for p in d.getVar('CONT
 CONTAINEROS_BOOT_FILES_UBOOT ?= "boot.scr"
 CONTAINEROS_BOOT_FILES_GRUB ?= "grub-efi-bootx64.efi;EFI/BOOT/bootx64.efi grub.cfg;EFI/BOOT/grub.cfg grubenv;EFI/BOOT/grubenv"
 IMAGE_BOOT_FILES ?= "${@d.getVar('CONTAINEROS_BOOT_FILES_GRUB') if d.getVar('CONTAINEROS_BOOTLOADER') == 'grub' else d.getVar('CONTAINEROS_BOOT_FILES_UBOOT')}"
+
+# The first-boot provisioning file's template (every key commented out) on
+# the boot partition, where a person edits it from any computer before the
+# first boot (or with `containeros provision`). containeros-agent deploys it.
+CONTAINEROS_PROVISION_TEMPLATE ??= "containeros-provision.toml;containeros/config.toml"
+IMAGE_BOOT_FILES:append = " ${CONTAINEROS_PROVISION_TEMPLATE}"
+do_image_wic[depends] += "containeros-agent:do_deploy"

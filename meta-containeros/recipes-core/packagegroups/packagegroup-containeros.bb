@@ -29,9 +29,12 @@ CONTAINEROS_ENGINE_PACKAGES ??= "${VIRTUAL-RUNTIME_container_engine} \
 # access; the agent writes the environment itself).
 CONTAINEROS_BOOTENV_PACKAGES ??= "${@'libubootenv-bin u-boot-env' if d.getVar('CONTAINEROS_BOOTLOADER') == 'u-boot' else ''}"
 
-# Network: systemd-networkd (DHCP on wired interfaces by default), plus
-# wpa_supplicant on boards with Wi-Fi.
-CONTAINEROS_NETWORK_PACKAGES ??= "${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'wpa-supplicant', '', d)}"
+# Network: NetworkManager (DHCP on every wired port with no configuration;
+# Wi-Fi, 802.1X and static addresses as persistent profiles that
+# containeros-agent creates through its D-Bus API from the provisioning
+# file), plus its Wi-Fi plugin (wpa_supplicant) on boards with Wi-Fi.
+CONTAINEROS_NETWORK_PACKAGES ??= "networkmanager-daemon \
+                                  ${@bb.utils.contains('MACHINE_FEATURES', 'wifi', 'networkmanager-wifi', '', d)}"
 
 RDEPENDS:${PN} = "${CONTAINEROS_BOOTENV_PACKAGES} \
                   ${CONTAINEROS_ENGINE_PACKAGES} \
