@@ -3,8 +3,8 @@
 //! host's journal) receives a container's lines under the service's name,
 //! and keeps receiving them while the engine is dropped and opened again;
 //! the stream header on the wire, read by a socket the test listens on;
-//! the file when there is no journald. Needs root, `runc` and the local
-//! registry (as `containers.rs`).
+//! the file when there is no journald; a failed start quoting the
+//! runtime. Needs root, `runc` and the local registry (as `containers.rs`).
 
 mod common;
 
@@ -318,4 +318,38 @@ async fn without_journald_output_goes_to_the_file_or_the_start_fails_as_told() {
     assert!(message.contains(&missing.display().to_string()), "{message}");
     assert!(message.contains("engine.native_logs"), "{message}");
     strict.remove(&id).await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_quotes_the_runtime_not_the_journal() {
+    let h = Harness::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("stdout");
+    let listener = UnixListener::bind(&socket).expect("listen");
+    let containers = h.open(LogTarget::Journald, &socket);
+    let text = format!(
+        "name: t\nx-containeros: {{ version: \"1\" }}\nservices:\n  s:\n    image: {REGISTRY}/containeros-test/native-busybox-journal:v1\n    command: [\"/no/such/program\"]\n"
+    );
+    let release = parse(&text, "test.yml", Mode::Development).expect("test release parses");
+    let id = containers
+        .create(Create {
+            name: "shop_broken_1",
+            labels: [(LABEL_SERVICE.to_owned(), "broken".to_owned())].into(),
+            service: &release.services["s"],
+            image: &h.image,
+            binds: vec![],
+            network: Network::Isolated,
+            networks: vec![],
+            ports: vec![],
+            extra_env: vec![],
+        })
+        .await
+        .expect("create");
+    let err = containers.start(&id).await.expect_err("no such program");
+    let message = err.to_string();
+    // From the runtime's own log file (--log): its stderr went to the journal.
+    assert!(message.contains("create failed"), "{message}");
+    assert!(message.contains("/no/such/program"), "{message}");
+    drop(listener);
+    containers.remove(&id).await.expect("remove");
 }
