@@ -608,6 +608,8 @@ impl Containers {
             return Ok(());
         }
         self.runtime.delete(id).await?;
+        // First: without journald (when it is required) nothing is set up.
+        let output = self.output(record)?;
         self.mount_rootfs(record)?;
         if let Some(first) = record.networks.first() {
             for a in &record.networks {
@@ -616,7 +618,6 @@ impl Containers {
             network::attach(id, &record.networks)?;
             network::publish(id, first.address, &record.ports)?;
         }
-        let output = self.output(record)?;
         let dir = self.dir(id);
         self.runtime.create(id, &dir, output).await?;
         self.runtime.start(id).await?;
