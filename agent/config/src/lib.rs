@@ -28,7 +28,7 @@ pub use duration::Duration;
 pub use error::ConfigError;
 pub use model::{
     AbsPath, AgentSection, AppsSection, Bootloader, Bus, ChannelMode, ChannelSection, Config, DbusSection,
-    EngineKind, EngineSection, ProvisionSection, UnitName, UpdateSection, maintenance_window,
+    EngineKind, EngineSection, NativeLogs, ProvisionSection, UnitName, UpdateSection, maintenance_window,
 };
 
 use std::path::{Path, PathBuf};

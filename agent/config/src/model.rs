@@ -281,6 +281,21 @@ impl fmt::Display for EngineKind {
     }
 }
 
+/// Where the native engine sends container output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NativeLogs {
+    /// journald when its socket (`native_journal_socket`) exists, else a
+    /// file.
+    #[default]
+    Auto,
+    /// journald under the service's name; a container does not start
+    /// without it.
+    Journald,
+    /// A file per container in `native_run_dir`.
+    File,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSection {
@@ -296,6 +311,11 @@ pub struct EngineSection {
     /// Registry credentials of the native engine: a Docker `config.json`
     /// (`docker login` writes one); none when the file does not exist.
     pub native_auth_file: AbsPath,
+    /// Where the native engine sends container output.
+    pub native_logs: NativeLogs,
+    /// journald's stdout stream socket (a journal namespace's
+    /// `/run/systemd/journal.<namespace>/stdout` works too).
+    pub native_journal_socket: AbsPath,
     /// The engine's systemd unit; `None` (empty in the file): never restart.
     #[serde(deserialize_with = "optional_unit::deserialize")]
     pub unit: Option<UnitName>,
@@ -329,6 +349,8 @@ impl Default for EngineSection {
             native_dir: AbsPath::new("/data/containeros/native"),
             native_run_dir: AbsPath::new("/run/containeros/native"),
             native_auth_file: AbsPath::new("/data/containeros/registry-auth.json"),
+            native_logs: NativeLogs::Auto,
+            native_journal_socket: AbsPath::new("/run/systemd/journal/stdout"),
             unit: Some(UnitName("docker.service".into())),
             check_interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(5),

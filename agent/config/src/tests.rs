@@ -51,6 +51,18 @@ fn empty_unit_means_no_unit() {
     assert_eq!(loaded.config.engine.kind, EngineKind::Native);
 }
 
+#[test]
+fn native_logs_are_auto_journald_or_file() {
+    let loaded = load_sources(src("/b", "[engine]\nnative_logs = \"journald\"\n"), None).expect("valid");
+    assert_eq!(loaded.config.engine.native_logs, NativeLogs::Journald);
+    let err =
+        load_sources(src("/b", "[engine]\nnative_logs = \"syslog\"\n"), None).expect_err("unknown value");
+    let message = err.to_string();
+    for part in ["engine.native_logs", "auto", "journald", "file"] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+}
+
 /// Each malformed file: (text, substrings the message must contain).
 #[test]
 fn malformed_files_name_file_line_key_and_remedy() {

@@ -44,6 +44,12 @@ fn open_native(config: &containeros_config::Config) -> Result<Arc<containeros_na
         runtime: runtime.to_owned(),
         platform: containeros_native::Platform::host(),
         auth_file: Some(e.native_auth_file.as_path().to_owned()),
+        logs: match e.native_logs {
+            containeros_config::NativeLogs::Auto => containeros_native::LogTarget::Auto,
+            containeros_config::NativeLogs::Journald => containeros_native::LogTarget::Journald,
+            containeros_config::NativeLogs::File => containeros_native::LogTarget::File,
+        },
+        journal_socket: e.native_journal_socket.as_path().to_owned(),
     };
     containeros_native::NativeEngine::open(&settings, http)
         .map(Arc::new)

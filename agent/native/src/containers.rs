@@ -10,7 +10,9 @@
 //! <data>/containers/<id>/{config.json,upper,work,rootfs}   the OCI bundle
 //! <data>/volumes/<name>/_data            named volumes
 //! <run>/runtime                          the runtime's state (--root)
-//! <run>/logs/<id>.log                    stdout and stderr
+//! <run>/logs/<id>.log                    stdout and stderr (logs to a file)
+//! <run>/logs/<id>.journal                its journal identifier and since when (logs to journald)
+//! <run>/logs/<id>.runtime.log            the runtime's own messages (logs to journald)
 //! ```
 //!
 //! `<run>` is a tmpfs: the runtime's state and the logs never touch flash,
@@ -24,9 +26,16 @@
 //! reaped. A container that ended while the agent was not running has no
 //! exit code (`None`).
 //!
-//! Limits: logs go to a file on the tmpfs (not yet journald) and are
-//! cut when the container starts again; health is kept in memory
-//! (`starting` again after an agent restart).
+//! Output goes to journald under the service's name ([`crate::journal`]:
+//! the container holds the connection, so an agent restart loses no line)
+//! or, as configured or when journald is not there, to a file on the
+//! tmpfs, cut when it passes 1 MiB at a start.
+//!
+//! Limits: health is kept in memory (`starting` again after an agent
+//! restart). Reading a container's output back from the journal selects
+//! its service name since the container's first start this boot: two
+//! containers of one service name running at once (a hand-over, or two
+//! releases with a like-named service) show each other's lines there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read as _, Seek as _};
@@ -40,9 +49,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::journal::{Journal, LogTarget, PRIORITY_STDERR, PRIORITY_STDOUT};
 use crate::network::{self, Attachment, Networks, PortMap};
 use crate::oci::{ImageConfig, RunConfig};
-use crate::runtime::Runtime;
+use crate::runtime::{Output, Runtime};
 use crate::spec::{self, Bind, DeviceNode, Network, Plan};
 use crate::store::{ImageRecord, Store, write_atomic};
 
@@ -106,6 +116,14 @@ pub struct Record {
     pub hostname: String,
 }
 
+/// A container whose output goes to journald: under which identifier,
+/// since when (seconds since the epoch).
+#[derive(Debug, Serialize, Deserialize)]
+struct Journaled {
+    identifier: String,
+    since: u64,
+}
+
 /// A container's observed status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -157,6 +175,8 @@ pub struct Containers {
     networks: Networks,
     data: PathBuf,
     run: PathBuf,
+    logs: LogTarget,
+    journal: Journal,
     live: Mutex<HashMap<String, Live>>,
     /// One lifecycle operation per container at a time (start/stop/remove/supervise).
     ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -185,11 +205,22 @@ impl Containers {
             networks: Networks::open(&data.join("networks"))?,
             data: data.to_owned(),
             run: run.to_owned(),
+            logs: LogTarget::File,
+            journal: Journal::new(crate::journal::DEFAULT_SOCKET.into()),
             live: Mutex::default(),
             ops: Mutex::default(),
         };
         this.remove_interrupted()?;
         Ok(this)
+    }
+
+    /// Where containers started from now on send their output (a file
+    /// unless told).
+    #[must_use]
+    pub fn logs_to(mut self, target: LogTarget, journal: Journal) -> Self {
+        self.logs = target;
+        self.journal = journal;
+        self
     }
 
     /// Removes what a create interrupted by a kill or power cut left: a
@@ -230,6 +261,59 @@ impl Containers {
 
     fn log_path(&self, id: &str) -> PathBuf {
         self.run.join("logs").join(format!("{id}.log"))
+    }
+
+    fn journal_path(&self, id: &str) -> PathBuf {
+        self.run.join("logs").join(format!("{id}.journal"))
+    }
+
+    fn journaled(&self, id: &str) -> Option<Journaled> {
+        let text = std::fs::read(self.journal_path(id)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Where the container's output goes at this start.
+    fn output(&self, record: &Record) -> Result<Output> {
+        let id = &record.id;
+        let journald = match self.logs {
+            LogTarget::File => false,
+            LogTarget::Journald => true,
+            LogTarget::Auto => self.journal.available(),
+        };
+        if !journald {
+            let _ = std::fs::remove_file(self.journal_path(id));
+            let log = self.log_path(id);
+            // The log lives in RAM: a restart begins it again when it grew large.
+            if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_LIMIT) {
+                let _ = std::fs::remove_file(&log);
+            }
+            return Ok(Output::File(log));
+        }
+        let identifier = record
+            .labels
+            .get(containeros_apps::plan::LABEL_SERVICE)
+            .unwrap_or(&record.name)
+            .clone();
+        let stdout = self.journal.stream(&identifier, PRIORITY_STDOUT)?;
+        let stderr = self.journal.stream(&identifier, PRIORITY_STDERR)?;
+        // Kept from the first start this boot, so its earlier runs' lines
+        // are read back too (as the file keeps them).
+        if self.journaled(id).is_none_or(|j| j.identifier != identifier) {
+            let since = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let j = Journaled { identifier, since };
+            let text = serde_json::to_vec(&j).map_err(|e| Error::Journal {
+                reason: format!("encoding {}: {e}", self.journal_path(id).display()),
+            })?;
+            write_atomic(&self.journal_path(id), &text)?;
+        }
+        Ok(Output::Journal {
+            stdout,
+            stderr,
+            log: self.run.join("logs").join(format!("{id}.runtime.log")),
+        })
     }
 
     pub fn volume_path(&self, name: &str) -> PathBuf {
@@ -524,6 +608,8 @@ impl Containers {
             return Ok(());
         }
         self.runtime.delete(id).await?;
+        // First: without journald (when it is required) nothing is set up.
+        let output = self.output(record)?;
         self.mount_rootfs(record)?;
         if let Some(first) = record.networks.first() {
             for a in &record.networks {
@@ -532,13 +618,8 @@ impl Containers {
             network::attach(id, &record.networks)?;
             network::publish(id, first.address, &record.ports)?;
         }
-        let log = self.log_path(id);
-        // The log lives in RAM: a restart begins it again when it grew large.
-        if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_LIMIT) {
-            let _ = std::fs::remove_file(&log);
-        }
         let dir = self.dir(id);
-        self.runtime.create(id, &dir, &log).await?;
+        self.runtime.create(id, &dir, output).await?;
         self.runtime.start(id).await?;
         let pid = std::fs::read_to_string(dir.join("pid"))
             .ok()
@@ -715,6 +796,8 @@ impl Containers {
         let _ = std::fs::remove_file(dir.join("container.json"));
         std::fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
         let _ = std::fs::remove_file(self.log_path(&record.id));
+        let _ = std::fs::remove_file(self.journal_path(&record.id));
+        let _ = std::fs::remove_file(self.run.join("logs").join(format!("{}.runtime.log", record.id)));
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -781,8 +864,12 @@ impl Containers {
     }
 
     /// The last `lines` lines of the container's output.
-    pub fn logs(&self, key: &str, lines: usize) -> Result<String> {
+    pub async fn logs(&self, key: &str, lines: usize) -> Result<String> {
         let record = self.find(key)?;
+        if let Some(j) = self.journaled(&record.id) {
+            let since = SystemTime::UNIX_EPOCH + Duration::from_secs(j.since);
+            return self.journal.read(&j.identifier, since, lines).await;
+        }
         let path = self.log_path(&record.id);
         if !path.exists() {
             return Ok(String::new());

@@ -16,6 +16,7 @@ use containeros_apps::release::{Duration, ImageRef, MountSource, NetworkMode};
 
 use crate::containers::{Containers, Create, Status};
 use crate::error::Error;
+use crate::journal::{Journal, LogTarget};
 use crate::network::PortMap;
 use crate::platform::Platform;
 use crate::registry::Registry;
@@ -34,6 +35,10 @@ pub struct Settings {
     pub platform: Platform,
     /// A Docker `config.json` with registry credentials, if any.
     pub auth_file: Option<PathBuf>,
+    /// Where container output goes.
+    pub logs: LogTarget,
+    /// journald's stdout socket ([`crate::journal::DEFAULT_SOCKET`]).
+    pub journal_socket: PathBuf,
 }
 
 #[derive(Debug)]
@@ -67,12 +72,10 @@ impl NativeEngine {
     /// restart policies and healthchecks.
     pub fn open(settings: &Settings, http: reqwest::Client) -> Result<Self, Error> {
         let store = Arc::new(Store::open(&settings.data.join("store"))?);
-        let containers = Arc::new(Containers::new(
-            store,
-            settings.runtime.clone(),
-            &settings.data,
-            &settings.run,
-        )?);
+        let containers = Arc::new(
+            Containers::new(store, settings.runtime.clone(), &settings.data, &settings.run)?
+                .logs_to(settings.logs, Journal::new(settings.journal_socket.clone())),
+        );
         let mut registry = Registry::new(http);
         if let Some(path) = settings.auth_file.as_deref().filter(|p| p.exists()) {
             for (host, credentials) in crate::registry::docker_auths(path)? {
@@ -404,6 +407,7 @@ impl Engine for NativeEngine {
     async fn logs(&self, container: &str, lines: u32) -> EngineResult<String> {
         self.containers
             .logs(container, usize::try_from(lines).unwrap_or(usize::MAX))
+            .await
             .map_err(|e| error("read logs of container", container, &e))
     }
 }

@@ -67,6 +67,8 @@ pub enum Error {
     NoContainer(String),
     #[error("container `{name}`: {reason}")]
     Container { name: String, reason: String },
+    #[error("container logs in the journal: {reason}")]
+    Journal { reason: String },
     #[error("store record {}: {reason}; remove the file and pull the image again", path.display())]
     Record { path: PathBuf, reason: String },
 }

@@ -14,6 +14,19 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// Where a container's stdout and stderr go.
+#[derive(Debug)]
+pub enum Output {
+    /// Appended to this file, with the runtime's own complaints.
+    File(PathBuf),
+    /// journald streams ([`crate::journal`]); the runtime's own log to `log`.
+    Journal {
+        stdout: std::os::unix::net::UnixStream,
+        stderr: std::os::unix::net::UnixStream,
+        log: PathBuf,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Runtime {
     binary: PathBuf,
@@ -87,31 +100,46 @@ impl Runtime {
         Ok(out.stdout)
     }
 
-    /// Creates the container of `bundle`; its stdout and stderr go to
-    /// `log` (opened for appending). The runtime's own complaints land
-    /// there too, so a failure quotes the log's end.
-    pub async fn create(&self, id: &str, bundle: &Path, log: &Path) -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(Error::io("opening", log))?;
-        let err = file.try_clone().map_err(Error::io("opening", log))?;
-        let status = self
-            .command()
+    /// Creates the container of `bundle` with `output` as its stdout and
+    /// stderr (the runtime passes its own on to the container's process).
+    /// A failure quotes the end of the file the runtime complained to.
+    pub async fn create(&self, id: &str, bundle: &Path, output: Output) -> Result<()> {
+        let mut command = self.command();
+        let complaints = match output {
+            Output::File(log) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .map_err(Error::io("opening", &log))?;
+                let err = file.try_clone().map_err(Error::io("opening", &log))?;
+                command.stdout(file).stderr(err);
+                log
+            }
+            Output::Journal { stdout, stderr, log } => {
+                // The runtime's own messages would go to the journal under
+                // the service's name: they go to a file of their own too.
+                let _ = std::fs::remove_file(&log);
+                command
+                    .arg("--log")
+                    .arg(&log)
+                    .stdout(std::os::fd::OwnedFd::from(stdout))
+                    .stderr(std::os::fd::OwnedFd::from(stderr));
+                log
+            }
+        };
+        let status = command
             .arg("create")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(bundle.join("pid"))
             .arg(id)
-            .stdout(file)
-            .stderr(err)
             .status()
             .await
             .map_err(|e| failed("create", id, format!("cannot run {}: {e}", self.binary.display())))?;
         if !status.success() {
-            let tail = crate::containers::tail(log, 5).unwrap_or_default();
+            let tail = crate::containers::tail(&complaints, 5).unwrap_or_default();
             return Err(failed("create", id, tail.trim().to_owned()));
         }
         Ok(())

@@ -108,14 +108,14 @@ impl Harness {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}: {status:?}\nlogs:\n{}",
-                self.logs(id)
+                self.logs(id).await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn logs(&self, id: &str) -> String {
-        self.containers.logs(id, 100).expect("logs")
+    async fn logs(&self, id: &str) -> String {
+        self.containers.logs(id, 100).await.expect("logs")
     }
 }
 
@@ -169,8 +169,8 @@ async fn a_container_runs_stops_on_its_signal_and_is_removed() {
     h.wait_for(&id, "started", |s| s.state == ContainerState::Running)
         .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !h.logs(&id).contains("started") {
-        assert!(Instant::now() < deadline, "no output: {}", h.logs(&id));
+    while !h.logs(&id).await.contains("started") {
+        assert!(Instant::now() < deadline, "no output: {}", h.logs(&id).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let t = Instant::now();
@@ -189,7 +189,7 @@ async fn a_container_runs_stops_on_its_signal_and_is_removed() {
         (ContainerState::Exited, Some(0)),
         "{status:?}"
     );
-    assert!(h.logs(&id).contains("got-term"));
+    assert!(h.logs(&id).await.contains("got-term"));
     // Stopped by request: no restart policy brings it back.
     h.containers.supervise_once().await.expect("supervise");
     assert_eq!(
@@ -248,7 +248,7 @@ async fn the_memory_limit_is_enforced() {
     h.wait_for(&id, "the OOM kill", |s| s.state == ContainerState::Exited)
         .await;
     let status = h.containers.status(&id).await.expect("status");
-    let logs = h.logs(&id);
+    let logs = h.logs(&id).await;
     assert!(
         !logs.contains("survived"),
         "the hog finished under the limit: {logs}"
@@ -299,7 +299,7 @@ async fn restart_policies_bring_containers_back_as_told() {
     }
     let s = h.containers.status(&failing).await.expect("status");
     assert_eq!((s.restarts, s.exit_code), (2, Some(3)), "{s:?}");
-    assert_eq!(h.logs(&failing).matches("run").count(), 3);
+    assert_eq!(h.logs(&failing).await.matches("run").count(), 3);
     h.wait_for(&always, "restarts of an always container", |s| s.restarts >= 2)
         .await;
     let s = h.containers.status(&once).await.expect("status");
@@ -409,11 +409,11 @@ async fn the_service_config_reaches_the_process() {
         assert!(
             Instant::now() < deadline,
             "no file in the volume; logs:\n{}",
-            h.logs(&id)
+            h.logs(&id).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let logs = h.logs(&id);
+    let logs = h.logs(&id).await;
     assert_eq!(logs, "65534\nFOO=bar\nbox\n/tmp\nread-only-root\ntmpfs-ok\n");
     let (code, out) = h
         .containers
@@ -496,12 +496,12 @@ async fn services_on_a_bridge_reach_each_other_by_name_and_publish_ports() {
     h.containers.start(&web).await.expect("start web");
     h.containers.start(&client).await.expect("start client");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !h.logs(&client).contains("busybox") {
+    while !h.logs(&client).await.contains("busybox") {
         assert!(
             Instant::now() < deadline,
             "client never reached web by name; client log:\n{}\nweb log:\n{}",
-            h.logs(&client),
-            h.logs(&web)
+            h.logs(&client).await,
+            h.logs(&web).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
