@@ -43,6 +43,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +161,9 @@ class Channel:
         channel = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
+            # A connection the guest's power cut left half-open ends here.
+            timeout = 120
+
             def log_message(self, *args):
                 pass
 
@@ -187,7 +191,10 @@ class Channel:
             ("127.0.0.1", 0), functools.partial(Handler, directory=str(self.root)))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(disk / "server.pem", disk / "server.key")
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        # The TLS handshake in the connection's own thread, not in accept():
+        # a client that never finishes it must not stop the server.
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True,
+                                            do_handshake_on_connect=False)
         self.httpd.handle_error = lambda *a: None
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -582,6 +589,11 @@ def main():
     if args.command == "build":
         print(disk)
         return
+    try:
+        urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=10).close()
+    except OSError as e:
+        sys.exit(f"vm.py: the registry on {REGISTRY} does not answer ({e}); start it with "
+                 "`bash -c '. scripts/services.sh; ensure_dockerd; ensure_registry'`")
     run_dir = Path(tempfile.mkdtemp(prefix="containeros-vm-"))
     log(f"run directory: {run_dir}")
     timings = {}
