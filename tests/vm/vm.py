@@ -652,7 +652,7 @@ def demo(disk, run_dir, timings):
         timings["reset to agent ready on B"] = dev.wait_ready()
         dev.wait_os("committed on B", lambda s: s.get("booted_slot") == "B" and s.get("state") == "committed")
         timings["publish to committed"] = time.monotonic() - published
-        print(dev.cli("status").stdout, dev.cli("os", "status").stdout, flush=True)
+        print(dev.cli("status").stdout + dev.cli("os", "status").stdout, flush=True)
         dev.wait_app("v2")
     finally:
         dev.shutdown()
