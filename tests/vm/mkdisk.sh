@@ -170,8 +170,12 @@ truncate -s "${data_mib}M" "$work/data.ext4"
 mkfs.ext4 -q -F -L data -E nodiscard,root_owner=0:0 -d "$work/data" "$work/data.ext4"
 
 # --- boot: GRUB for EFI (removable path), the layer's grub.cfg and grubenv
+# Kernel arguments (CONTAINEROS_KERNEL_CMDLINE in the layer): the serial
+# console; a panic resets the machine (GRUB then counts the attempt); no
+# AppArmor (no profiles on the device); the NIC stays eth0 (a rename racing
+# systemd-networkd under emulation lost the address).
 boot_mib=32
-sed -e 's|@@KERNEL_IMAGETYPE@@|vmlinuz|' -e 's|@@CMDLINE@@|console=ttyS0,115200 panic=5 apparmor=0|' \
+sed -e 's|@@KERNEL_IMAGETYPE@@|vmlinuz|' -e 's|@@CMDLINE@@|console=ttyS0,115200 panic=5 apparmor=0 net.ifnames=0|' \
     "$layer/recipes-bsp/containeros-boot/files/grub.cfg.in" >"$work/grub.cfg"
 sed -i -e 's|^\(    linux /boot/.*\)$|\1\n    initrd /boot/initrd.img|' "$work/grub.cfg"
 grep -q '^    initrd /boot/initrd.img$' "$work/grub.cfg" ||
