@@ -149,11 +149,28 @@ impl Drop for Mounted {
 const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq1ZPBYzEzD0xp0w5qk6yq1cRr8pY3hU9mG3m2sK9xT tester@laptop";
 
+/// A channel CA, as a person would paste it from its PEM file.
+fn channel_ca() -> String {
+    static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).expect("ca cert").pem()
+    })
+    .clone()
+}
+
 fn provisioning_file(hostname: &str) -> String {
+    let ca = channel_ca();
     format!(
         r#"# written on a laptop
 [device]
 hostname = "{hostname}"
+
+[channel]
+ca = """
+{ca}"""
 
 [[wifi]]
 ssid = "Shop"
@@ -328,6 +345,19 @@ async fn first_boot_imports_applies_and_scrubs_the_boot_partition() {
     );
     assert_eq!(mode(&stored), 0o600);
     assert_eq!(mode(&rig.state.path().join("provision")), 0o700);
+    // The channel CA: kept beside the agent settings that name it, and
+    // left on the boot partition (it is no secret).
+    assert!(on_boot.contains(channel_ca().trim()), "{on_boot}");
+    let ca_file = rig.state.path().join("provision/channel-ca.pem");
+    assert_eq!(
+        std::fs::read_to_string(&ca_file).expect("channel CA"),
+        channel_ca()
+    );
+    let settings = std::fs::read_to_string(rig.state.path().join("provision/agent.toml")).expect("settings");
+    assert!(
+        settings.contains(&format!("ca_file = \"{}\"", ca_file.display())),
+        "{settings}"
+    );
 
     // Time servers and SSH.
     // (The steps run one after the other: wait for each.)

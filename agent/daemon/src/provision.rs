@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use containeros_config::{Config, Loaded, PROVISIONED_FILE};
-use containeros_provision::{Outcome, Provision, Report, STORE_DIR, apply};
+use containeros_provision::{CHANNEL_CA_FILE, Outcome, Provision, Report, STORE_DIR, apply};
 use tracing::{error, info, warn};
 
 /// What start-up learnt.
@@ -85,13 +85,23 @@ fn log(report: &Report) {
 /// out), the agent runs without them rather than not at all.
 fn with_overrides(config_path: &Path, loaded: Loaded, state_dir: &Path, p: &Provision) -> Loaded {
     let path: PathBuf = state_dir.join(PROVISIONED_FILE);
+    let ca_path: PathBuf = state_dir.join(CHANNEL_CA_FILE);
+    // The CA first: the settings that name it must never be in force
+    // without it.
+    if let Some(ca) = &p.channel.ca
+        && let Err(e) = write_if_changed(&ca_path, ca.as_str())
+    {
+        error!(
+            "cannot write the provisioned channel CA to {}: {e}",
+            ca_path.display()
+        );
+        return loaded;
+    }
     let text = format!(
         "# Written by containeros-agent from the provisioning file; edits are replaced.\n{}",
-        containeros_provision::agent_overrides(p)
+        containeros_provision::agent_overrides(p, &ca_path)
     );
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())
-        && let Err(e) = crate::store::write_atomic(&path, text.as_bytes())
-    {
+    if let Err(e) = write_if_changed(&path, &text) {
         error!(
             "cannot write the provisioned agent settings to {}: {e}",
             path.display()
@@ -105,6 +115,13 @@ fn with_overrides(config_path: &Path, loaded: Loaded, state_dir: &Path, p: &Prov
             loaded
         }
     }
+}
+
+fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    crate::store::write_atomic(path, text.as_bytes())
 }
 
 /// What `apply` needs from the agent's configuration.

@@ -34,9 +34,9 @@ pub mod scrub;
 pub use error::ProvisionError;
 pub use import::{Outcome, Record, Report, import};
 pub use model::{
-    AuthorizedKey, ChannelSection, ChannelUrl, Cidr, DeviceSection, Eap, Engine, EngineSection, Hostname,
-    Ipv4, Ipv4Method, Located, Provision, Psk, Secret, SshSection, Ssid, TimeSection, TimeServer, TrustedKey,
-    Violation, Wifi, parse,
+    AuthorizedKey, CaCertificates, ChannelSection, ChannelUrl, Cidr, DeviceSection, Eap, Engine,
+    EngineSection, Hostname, Ipv4, Ipv4Method, Located, Provision, Psk, Secret, SshSection, Ssid,
+    TimeSection, TimeServer, TrustedKey, Violation, Wifi, parse,
 };
 
 /// The provisioning file's path on the boot partition.
@@ -47,15 +47,23 @@ pub const STORE_DIR: &str = "provision";
 /// out) and `containeros provision init` writes.
 pub const TEMPLATE: &str = include_str!("../../dist/provision-config.toml");
 
+/// Where the agent keeps the provisioned channel CA certificates (under
+/// the state directory), written beside the agent settings.
+pub const CHANNEL_CA_FILE: &str = "provision/channel-ca.pem";
+
 /// The agent configuration keys this provisioning sets, as a TOML document
 /// in the agent configuration's own format (`agent/dist/agent.toml`).
-pub fn agent_overrides(p: &Provision) -> String {
+/// `ca_file` is where the caller keeps `channel.ca`'s certificates.
+pub fn agent_overrides(p: &Provision, ca_file: &std::path::Path) -> String {
     let mut out = String::new();
     let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    if p.channel.url.is_some() {
+    if p.channel.url.is_some() || p.channel.ca.is_some() {
         out.push_str("[channel]\n");
         if let Some(url) = &p.channel.url {
             out.push_str(&format!("url = {}\n", quote(url.as_str())));
+        }
+        if p.channel.ca.is_some() {
+            out.push_str(&format!("ca_file = {}\n", quote(&ca_file.to_string_lossy())));
         }
     }
     if let Some(keys) = &p.channel.trusted_keys {

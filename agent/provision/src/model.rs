@@ -38,6 +38,9 @@ pub struct ChannelSection {
     pub url: Option<ChannelUrl>,
     /// Release-signing public keys (base64 ed25519) the device trusts.
     pub trusted_keys: Option<Vec<TrustedKey>>,
+    /// CA certificates (PEM) for the channel's server, trusted in addition
+    /// to the system's: a channel on a private CA.
+    pub ca: Option<CaCertificates>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -282,6 +285,46 @@ macro_rules! string_type {
 }
 
 string_type!(
+    /// One or more PEM certificates (`-----BEGIN CERTIFICATE-----` blocks),
+    /// as a TOML multi-line string.
+    CaCertificates,
+    |s| check_pem_certificates(s)
+);
+
+fn check_pem_certificates(s: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let hint = "paste the CA's PEM file (from -----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----) \
+                between triple quotes: ca = \"\"\"...\"\"\"";
+    let mut rest = s;
+    let mut count = 0;
+    while let Some(start) = rest.find(BEGIN) {
+        let body_and_rest = &rest[start + BEGIN.len()..];
+        let Some(end) = body_and_rest.find(END) else {
+            return Err(format!("certificate {} has no {END} line; {hint}", count + 1));
+        };
+        let body: String = body_and_rest[..end].split_whitespace().collect();
+        match base64::engine::general_purpose::STANDARD.decode(body.as_bytes()) {
+            // A DER certificate is a SEQUENCE.
+            Ok(der) if der.first() == Some(&0x30) && der.len() > 64 => {}
+            _ => {
+                return Err(format!(
+                    "certificate {} is not a base64 DER certificate; {hint}",
+                    count + 1
+                ));
+            }
+        }
+        count += 1;
+        rest = &body_and_rest[end + END.len()..];
+    }
+    if count == 0 {
+        return Err(format!("holds no certificate; {hint}"));
+    }
+    Ok(())
+}
+
+string_type!(
     /// RFC 1123 host name: labels of letters, digits and `-`, at most 64
     /// characters (the kernel's limit).
     Hostname,
@@ -463,6 +506,7 @@ macro_rules! debug_plain {
 }
 debug_plain!(
     Hostname,
+    CaCertificates,
     ChannelUrl,
     TrustedKey,
     Ssid,

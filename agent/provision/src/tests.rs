@@ -1,4 +1,5 @@
 use super::*;
+use std::path::Path;
 
 fn err(text: &str) -> String {
     let located = parse(text).expect_err("should be refused");
@@ -13,7 +14,7 @@ fn err(text: &str) -> String {
 #[test]
 fn template_is_valid_and_sets_nothing() {
     assert_eq!(parse(TEMPLATE).expect("template parses"), Provision::default());
-    assert_eq!(agent_overrides(&Provision::default()), "");
+    assert_eq!(agent_overrides(&Provision::default(), Path::new("/ca.pem")), "");
 }
 
 #[test]
@@ -28,7 +29,7 @@ fn full_file() {
     )
     .expect("valid");
     assert_eq!(p.device.hostname.as_ref().map(Hostname::as_str), Some("kiosk-01"));
-    let overrides = agent_overrides(&p);
+    let overrides = agent_overrides(&p, Path::new("/ca.pem"));
     assert_eq!(
         overrides,
         "[channel]\nurl = \"https://updates.example.com/stable\"\n\
@@ -124,4 +125,50 @@ fn secrets_never_show_in_errors_or_debug() {
 fn dates() {
     assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     assert_eq!(rfc3339(1_795_350_000), "2026-11-22T12:20:00Z");
+}
+
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBlTCCATugAwIBAgIURO/7+Mq0FTADe/IMfTFS1Y4umDwwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUUHJvdmlzaW9uaW5nIHRlc3QgQ0EwIBcNMjYxMTIyMTUxOTAz
+WhgPMjEyNjEwMjkxNTE5MDNaMB8xHTAbBgNVBAMMFFByb3Zpc2lvbmluZyB0ZXN0
+IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEk1MyGThljUNaevgeSpsgl9uE
+QPlXWvL8I2HcBXqk9j4MeXHOWCGbr6/3d4EpsSWb3J81RqrIjYoVtZ1ij1KRZqNT
+MFEwHQYDVR0OBBYEFOA2L5XrkhFnZyiyXroaIRYMiZBgMB8GA1UdIwQYMBaAFOA2
+L5XrkhFnZyiyXroaIRYMiZBgMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID
+SAAwRQIhAL3bwTPc+EajXdiZlza9Dzd91tOAI2tkDyFBa0BwI/uaAiAy/EHLROmB
+IaWpsWA2Crr45QlfPpKzHTMZmnU+hWMdnQ==
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn channel_ca_becomes_the_channel_ca_file() {
+    let p = parse(&format!(
+        "[channel]\nurl = \"https://updates.example.com/stable\"\nca = \"\"\"\n{TEST_CA}\"\"\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(p.channel.ca.as_ref().map(CaCertificates::as_str), Some(TEST_CA));
+    let overrides = agent_overrides(&p, Path::new("/data/containeros/provision/channel-ca.pem"));
+    assert_eq!(
+        overrides,
+        "[channel]\nurl = \"https://updates.example.com/stable\"\n\
+         ca_file = \"/data/containeros/provision/channel-ca.pem\"\n"
+    );
+    // Two certificates (a chain or a rotation) are one bundle.
+    parse(&format!("[channel]\nca = \"\"\"\n{TEST_CA}{TEST_CA}\"\"\"\n")).expect("two certificates");
+}
+
+#[test]
+fn channel_ca_that_is_not_a_certificate_is_refused_at_its_line() {
+    let e = err("[channel]\nca = \"my-ca.pem\"\n");
+    assert!(e.starts_with("config.toml:2:"), "{e}");
+    assert!(
+        e.contains("channel.ca") && e.contains("holds no certificate"),
+        "{e}"
+    );
+    let cut = &TEST_CA[..TEST_CA.len() - 30];
+    let e = err(&format!("[channel]\nca = \"\"\"\n{cut}\n\"\"\"\n"));
+    assert!(e.contains("has no -----END CERTIFICATE----- line"), "{e}");
+    let garbled = TEST_CA.replace("MIIB", "!!!!");
+    let e = err(&format!("[channel]\nca = \"\"\"\n{garbled}\"\"\"\n"));
+    assert!(e.contains("is not a base64 DER certificate"), "{e}");
 }
