@@ -19,8 +19,11 @@ use crate::Bus;
 
 fn spawn_in_namespaces(unshare: &str, script: &str, bus: &Bus, log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
+    use std::os::unix::process::CommandExt;
     Command::new("unshare")
         .args([unshare, "sh", "-c", script])
+        // Its own process group: stopping it stops everything it started.
+        .process_group(0)
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -58,6 +61,9 @@ async fn wait_for_name(bus: &Bus, name: &str, child: &mut Child, log: &Path) {
 }
 
 fn stop(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -84,8 +90,11 @@ impl Hostnamed {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("systemd-hostnamed is needed (Debian package systemd)");
+        // hostnamed exits after 30 s without calls and is started again by
+        // bus activation when called; here a loop starts it again.
         let script = format!(
-            "mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/upper,workdir={d}/work /etc && exec {program}",
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/upper,workdir={d}/work /etc && \
+             while :; do {program}; sleep 0.05; done",
             d = dir.path().display()
         );
         let log = dir.path().join("log");
