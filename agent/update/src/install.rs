@@ -22,7 +22,6 @@ use containeros_trust::Digest;
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
-use tokio::io::AsyncReadExt as _;
 use tracing::{info, warn};
 
 /// What the signed manifest says the image is.
@@ -135,33 +134,144 @@ pub enum InstallError {
 /// Bytes handed to the kernel per write.
 const CHUNK: usize = 1 << 20;
 
+/// Alignment of the slot writes: the largest logical block size in use, so
+/// `O_DIRECT` accepts the buffer's address, each length and each offset.
+const ALIGN: usize = 4096;
+
+/// A `CHUNK`-byte buffer starting at an `ALIGN`ed address (what `O_DIRECT`
+/// needs), carved out of a slightly larger `Vec`; `len` bytes are filled.
+struct Chunk {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        let mem = vec![0u8; CHUNK + ALIGN];
+        // Never more than ALIGN for bytes; if it ever were, the writer sees
+        // an unaligned buffer and writes through the page cache instead.
+        let start = mem.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Chunk { mem, start, len: 0 }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    /// The unfilled rest of the buffer.
+    fn room(&mut self) -> &mut [u8] {
+        let from = self.start + self.len;
+        &mut self.mem[from..self.start + CHUNK]
+    }
+
+    /// A placeholder while the buffer is lent to a reading thread.
+    fn empty() -> Chunk {
+        Chunk {
+            mem: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+}
+
+/// The open slot. Written with `O_DIRECT` where the kernel allows it: the
+/// image goes from the chunk buffer to the device without a copy into the
+/// page cache, which would otherwise grow by the image's size (evicting
+/// everything else on a small device) and cost a kernel copy of every byte.
+/// The last partial block, and any slot that refuses `O_DIRECT` (`EINVAL`:
+/// a filesystem without it, an unaligned length), is written through the
+/// page cache; `sync_all` at the end makes both durable.
+struct SlotFile {
+    file: std::fs::File,
+    direct: bool,
+}
+
+impl SlotFile {
+    fn open(path: &Path) -> std::io::Result<SlotFile> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true);
+        match options.clone().custom_flags(nix::libc::O_DIRECT).open(path) {
+            Ok(file) => Ok(SlotFile { file, direct: true }),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => Ok(SlotFile {
+                file: options.open(path)?,
+                direct: false,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leaves `O_DIRECT` for the rest of the install.
+    fn buffered(&mut self) -> std::io::Result<()> {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let flags = OFlag::from_bits_retain(fcntl(&self.file, FcntlArg::F_GETFL)?);
+        fcntl(&self.file, FcntlArg::F_SETFL(flags - OFlag::O_DIRECT))?;
+        self.direct = false;
+        Ok(())
+    }
+
+    /// Writes all of `data` at the file position.
+    fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        while !data.is_empty() {
+            let n = if self.direct {
+                let aligned = if data.as_ptr().align_offset(ALIGN) == 0 {
+                    data.len() / ALIGN * ALIGN
+                } else {
+                    0
+                };
+                if aligned == 0 {
+                    self.buffered()?;
+                    continue;
+                }
+                aligned
+            } else {
+                data.len()
+            };
+            match self.file.write(&data[..n]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if self.direct && e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    self.buffered()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A chunk in flight: one blocking-pool thread hashes it while another
 /// writes it; the file, the hash state and the buffer come back.
 struct InFlight {
-    write: tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>,
+    write: tokio::task::JoinHandle<(SlotFile, std::io::Result<()>)>,
     hash: tokio::task::JoinHandle<ring::digest::Context>,
-    buf: std::sync::Arc<Vec<u8>>,
+    buf: std::sync::Arc<Chunk>,
 }
 
 /// The slot being written, with the hash of everything written so far.
 ///
 /// Bytes are gathered into a 1 MiB buffer; a full buffer is hashed by one
 /// blocking-pool thread and written by another while the next one fills,
-/// so the source (TLS, file reads), SHA-256 and the kernel's copy overlap
+/// so the source (TLS, file reads), SHA-256 and the device write overlap
 /// instead of alternating. Two buffers in all, reused; the bytes are copied
-/// once, into the buffer the kernel copies from. (A `BufWriter` over
-/// `tokio::fs::File`, before, copied every byte twice in user space; then
-/// hashing on the producer's thread kept the source waiting.)
+/// once, into the buffer the device reads from (a file source reads
+/// straight into it). (A `BufWriter` over `tokio::fs::File`, before, copied
+/// every byte twice in user space; then hashing on the producer's thread
+/// kept the source waiting; then writing through the page cache added a
+/// kernel copy and grew the cache by the image's size.)
 struct Sink<'a> {
     path: &'a Path,
     /// `None` while a chunk is in flight.
-    file: Option<std::fs::File>,
+    file: Option<SlotFile>,
     hash: Option<ring::digest::Context>,
     in_flight: Option<InFlight>,
     /// Filling; flushed when full.
-    buf: Vec<u8>,
+    buf: Chunk,
     /// The other buffer while no chunk is in flight.
-    spare: Option<Vec<u8>>,
+    spare: Option<Chunk>,
     written: u64,
     size: u64,
 }
@@ -177,9 +287,9 @@ impl<'a> Sink<'a> {
         // file of the slot's size) and its size is the limit.
         let owned = path.to_owned();
         let (file, slot) = tokio::task::spawn_blocking(move || {
-            let mut file = std::fs::OpenOptions::new().write(true).open(owned)?;
-            let slot = file.seek(std::io::SeekFrom::End(0))?;
-            file.seek(std::io::SeekFrom::Start(0))?;
+            let mut file = SlotFile::open(&owned)?;
+            let slot = file.file.seek(std::io::SeekFrom::End(0))?;
+            file.file.seek(std::io::SeekFrom::Start(0))?;
             Ok((file, slot))
         })
         .await
@@ -197,8 +307,8 @@ impl<'a> Sink<'a> {
             file: Some(file),
             hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             in_flight: None,
-            buf: Vec::with_capacity(CHUNK),
-            spare: Some(Vec::with_capacity(CHUNK)),
+            buf: Chunk::new(),
+            spare: Some(Chunk::new()),
             written: 0,
             size,
         })
@@ -215,23 +325,73 @@ impl<'a> Sink<'a> {
         self.write_err(std::io::Error::other("slot writer lost its file"))
     }
 
+    fn too_long(&self, source_name: &str) -> InstallError {
+        InstallError::TooLong {
+            source_name: source_name.to_owned(),
+            expected: self.size,
+        }
+    }
+
     async fn write(&mut self, mut bytes: &[u8], source_name: &str) -> Result<(), InstallError> {
         if self.written + bytes.len() as u64 > self.size {
-            return Err(InstallError::TooLong {
-                source_name: source_name.to_owned(),
-                expected: self.size,
-            });
+            return Err(self.too_long(source_name));
         }
         self.written += bytes.len() as u64;
         while !bytes.is_empty() {
-            let n = (CHUNK - self.buf.len()).min(bytes.len());
-            self.buf.extend_from_slice(&bytes[..n]);
+            let room = self.buf.room();
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.buf.len += n;
             bytes = &bytes[n..];
-            if self.buf.len() == CHUNK {
+            if self.buf.len == CHUNK {
                 self.submit().await?;
             }
         }
         Ok(())
+    }
+
+    /// Reads the next bytes of `file` straight into the buffer, on a
+    /// blocking-pool thread (`tokio::fs` reads into a buffer of its own and
+    /// copies), at most what the image still lacks. Returns the file and
+    /// how many bytes came: 0 at its end. A file longer than the image is
+    /// refused.
+    async fn read_from(
+        &mut self,
+        file: std::fs::File,
+        name: &Path,
+    ) -> Result<(std::fs::File, std::io::Result<usize>), InstallError> {
+        use std::io::Read as _;
+        let want = usize::try_from(self.size - self.written)
+            .unwrap_or(usize::MAX)
+            .min(CHUNK - self.buf.len);
+        let mut buf = std::mem::replace(&mut self.buf, Chunk::empty());
+        let (file, buf, result) = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let result = if want == 0 {
+                file.read(&mut [0u8; 1])
+            } else {
+                file.read(&mut buf.room()[..want])
+            };
+            (file, buf, result)
+        })
+        .await
+        .map_err(|e| InstallError::ReadFile {
+            path: name.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+        self.buf = buf;
+        match result {
+            Ok(n) if n > 0 && want == 0 => Err(self.too_long(&name.display().to_string())),
+            Ok(n) => {
+                self.buf.len += n;
+                self.written += n as u64;
+                if self.buf.len == CHUNK {
+                    self.submit().await?;
+                }
+                Ok((file, Ok(n)))
+            }
+            Err(e) => Ok((file, Err(e))),
+        }
     }
 
     /// Waits for the chunk in flight, if any; the file, the hash state and
@@ -241,8 +401,8 @@ impl<'a> Sink<'a> {
             let joined = |e: tokio::task::JoinError| std::io::Error::other(e);
             let hash = job.hash.await.map_err(|e| self.write_err(joined(e)));
             let write = job.write.await.map_err(|e| self.write_err(joined(e)));
-            let mut buf = std::sync::Arc::try_unwrap(job.buf).unwrap_or_default();
-            buf.clear();
+            let mut buf = std::sync::Arc::try_unwrap(job.buf).unwrap_or_else(|_| Chunk::new());
+            buf.len = 0;
             self.spare = Some(buf);
             self.hash = Some(hash?);
             let (file, result) = write?;
@@ -264,12 +424,11 @@ impl<'a> Sink<'a> {
         let (to_hash, to_write) = (full.clone(), full.clone());
         self.in_flight = Some(InFlight {
             hash: tokio::task::spawn_blocking(move || {
-                hash.update(&to_hash);
+                hash.update(to_hash.data());
                 hash
             }),
             write: tokio::task::spawn_blocking(move || {
-                use std::io::Write as _;
-                let result = file.write_all(&to_write);
+                let result = file.write_all(to_write.data());
                 (file, result)
             }),
             buf: full,
@@ -281,9 +440,10 @@ impl<'a> Sink<'a> {
     async fn rewind(&mut self) -> Result<(), InstallError> {
         use std::io::Seek as _;
         self.settle().await?;
-        self.buf.clear();
+        self.buf.len = 0;
         if let Some(file) = self.file.as_mut() {
-            file.seek(std::io::SeekFrom::Start(0))
+            file.file
+                .seek(std::io::SeekFrom::Start(0))
                 .map_err(|e| InstallError::WriteSlot {
                     path: self.path.to_owned(),
                     source: e,
@@ -296,14 +456,14 @@ impl<'a> Sink<'a> {
 
     /// Flushes to the device and checks the digest.
     async fn finish(mut self, expected: &Expected) -> Result<u64, InstallError> {
-        if !self.buf.is_empty() {
+        if self.buf.len > 0 {
             self.submit().await?;
         }
         self.settle().await?;
         let (Some(file), Some(hash)) = (self.file.take(), self.hash.take()) else {
             return Err(self.lost());
         };
-        tokio::task::spawn_blocking(move || file.sync_all())
+        tokio::task::spawn_blocking(move || file.file.sync_all())
             .await
             .map_err(|e| self.write_err(std::io::Error::other(e)))?
             .map_err(|e| self.write_err(e))?;
@@ -346,7 +506,7 @@ async fn from_file(
         path: path.to_owned(),
         source,
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let file = tokio::fs::File::open(path).await.map_err(read_err)?;
     let actual = file.metadata().await.map_err(read_err)?.len();
     if actual != expected.size {
         return Err(InstallError::FileSize {
@@ -355,17 +515,17 @@ async fn from_file(
             expected: expected.size,
         });
     }
+    let mut file = file.into_std().await;
     let mut sink = Sink::open(slot, expected.size).await?;
-    let name = path.display().to_string();
-    let mut buf = vec![0u8; 1 << 20];
     let mut fetched = 0;
     loop {
-        let n = file.read(&mut buf).await.map_err(read_err)?;
+        let (back, read) = sink.read_from(file, path).await?;
+        file = back;
+        let n = read.map_err(read_err)?;
         if n == 0 {
             break;
         }
         fetched += n as u64;
-        sink.write(&buf[..n], &name).await?;
         progress(sink.written, expected.size);
     }
     let written = sink.finish(expected).await?;
@@ -536,5 +696,34 @@ async fn attempt(
             "connection closed at byte {}",
             sink.written
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buffers and lengths O_DIRECT refuses are written through the page
+    /// cache instead, and the bytes land all the same.
+    #[test]
+    fn unaligned_writes_fall_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("slot");
+        std::fs::write(&path, vec![0u8; 3 * ALIGN]).expect("slot");
+        let mut slot = SlotFile::open(&path).expect("open");
+        let mut chunk = Chunk::new();
+        chunk.room()[..ALIGN + 1].fill(1);
+        chunk.len = ALIGN + 1;
+        // One aligned block (direct, where supported), then one byte.
+        slot.write_all(chunk.data()).expect("aligned start");
+        assert!(!slot.direct, "the odd byte left O_DIRECT");
+        // From an unaligned address.
+        let data = vec![2u8; ALIGN + 3];
+        slot.write_all(&data[1..]).expect("unaligned");
+        slot.file.sync_all().expect("sync");
+        let back = std::fs::read(&path).expect("read");
+        assert!(back[..=ALIGN].iter().all(|b| *b == 1));
+        assert!(back[ALIGN + 1..2 * ALIGN + 3].iter().all(|b| *b == 2));
+        assert!(back[2 * ALIGN + 3..].iter().all(|b| *b == 0));
     }
 }

@@ -313,6 +313,61 @@ async fn cut_connections_resume_where_they_stopped() {
     assert!(slot.read(content.len()) == content);
 }
 
+/// The slot is written with O_DIRECT in 4 KiB-aligned blocks: an image whose
+/// size is no multiple of the block size, resumed at unaligned offsets, must
+/// still land byte for byte, with nothing past its end touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_odd_sized_image_resumed_at_odd_offsets_lands_exactly() {
+    let len = 5 * MIB + 1234;
+    let content = image(len, 7);
+    let slot = LoopDev::new(6 * MIB as u64);
+    let cuts = vec![Some(4097), Some(1_048_577), Some(5 * MIB as u64 + 1), None];
+    let server = serve(
+        content.clone(),
+        Behaviour {
+            cut_after: cuts,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let report = run(&server, &slot.dev, &expected(&content))
+        .await
+        .expect("install");
+    assert_eq!((report.written, report.resumes), (len as u64, 3));
+    let after = slot.read(6 * MIB);
+    assert!(after[..len] == content[..], "slot holds the image");
+    assert!(
+        after[len..].iter().all(|b| *b == 0),
+        "nothing past the image written"
+    );
+}
+
+/// A slot that is a regular file (as in development setups), an image of an
+/// odd size from a local file.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_odd_sized_file_is_installed_into_a_file_slot() {
+    let len = 2 * MIB + 4095;
+    let content = image(len, 8);
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), &content).expect("write");
+    let slot = tempfile::NamedTempFile::new().expect("slot");
+    slot.as_file().set_len(len as u64 + 3).expect("size");
+    let mut progress = |_: u64, _: u64| {};
+    let report = install(
+        Source::File(file.path()),
+        slot.path(),
+        &expected(&content),
+        &Retry::default(),
+        &mut progress,
+    )
+    .await
+    .expect("install");
+    assert_eq!(report.written, len as u64);
+    let after = std::fs::read(slot.path()).expect("read slot");
+    assert_eq!(after.len(), len + 3, "the slot keeps its size");
+    assert!(after[..len] == content[..] && after[len..] == [0, 0, 0]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_file_restarts_from_zero_instead_of_splicing() {
     let content = image(4 * MIB, 3);
