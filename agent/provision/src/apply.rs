@@ -11,7 +11,9 @@
 //!   included, so NetworkManager keeps them root-only), and `Delete` for
 //!   the agent's profiles the file no longer lists. Done when the file was
 //!   (re)imported or a profile is missing, so an unchanged boot writes
-//!   nothing to flash;
+//!   nothing to flash. A written Ethernet profile is activated at once
+//!   (`ActivateConnection`): the port is already up on NetworkManager's
+//!   automatic DHCP profile, which NetworkManager would not leave;
 //! - time servers: systemd-timesyncd has no API for them, so a drop-in on
 //!   tmpfs (written at every start) and a `TryRestartUnit`;
 //! - SSH: the authorized keys file (0600) and the sshd unit started — only
@@ -52,6 +54,21 @@ trait NmSettings {
     fn list_connections(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
     fn add_connection(&self, connection: Settings) -> zbus::Result<OwnedObjectPath>;
     fn get_connection_by_uuid(&self, uuid: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.NetworkManager",
+    default_service = "org.freedesktop.NetworkManager",
+    default_path = "/org/freedesktop/NetworkManager",
+    gen_blocking = false
+)]
+trait Nm {
+    fn activate_connection(
+        &self,
+        connection: &zbus::zvariant::ObjectPath<'_>,
+        device: &zbus::zvariant::ObjectPath<'_>,
+        specific_object: &zbus::zvariant::ObjectPath<'_>,
+    ) -> zbus::Result<OwnedObjectPath>;
 }
 
 #[zbus::proxy(
@@ -184,24 +201,39 @@ async fn networks(connection: &zbus::Connection, p: &Provision, changed: bool) -
     let wanted = network::profiles(p);
     let mut done = Vec::new();
     for profile in &wanted {
-        match settings.get_connection_by_uuid(&profile.uuid).await {
+        let written = match settings.get_connection_by_uuid(&profile.uuid).await {
             Ok(path) => {
                 if changed {
-                    let conn = connection_proxy(connection, path).await?;
+                    let conn = connection_proxy(connection, path.clone()).await?;
                     conn.update(profile.settings.clone())
                         .await
                         .map_err(|e| format!("NetworkManager refused to update {}: {e}", profile.id))?;
                     done.push(format!("{} updated", profile.id));
+                    Some(path)
                 } else {
                     done.push(format!("{} unchanged", profile.id));
+                    None
                 }
             }
             Err(_) => {
-                settings
+                let path = settings
                     .add_connection(profile.settings.clone())
                     .await
                     .map_err(|e| format!("NetworkManager refused to add {}: {e}", profile.id))?;
                 done.push(format!("{} added", profile.id));
+                Some(path)
+            }
+        };
+        // A wired port is already up on NetworkManager's automatic profile
+        // (DHCP), and NetworkManager never leaves a connected device for a
+        // new profile by itself: the Ethernet settings are brought up now.
+        // (Wi-Fi profiles connect by themselves when their network is seen.)
+        if let Some(path) = written
+            && profile.kind == network::Kind::Ethernet
+        {
+            match activate(connection, &path).await {
+                Ok(()) => done.push(format!("{} activated", profile.id)),
+                Err(e) => done.push(format!("{} not activated now ({e})", profile.id)),
             }
         }
     }
@@ -238,6 +270,21 @@ async fn networks(connection: &zbus::Connection, p: &Provision, changed: bool) -
     } else {
         done.join(", ")
     })
+}
+
+/// Activates a connection on the device NetworkManager finds for it.
+async fn activate(connection: &zbus::Connection, path: &OwnedObjectPath) -> Result<(), String> {
+    let nm = NmProxy::new(connection)
+        .await
+        .map_err(|e| format!("cannot reach NetworkManager: {e}"))?;
+    let none = zbus::zvariant::ObjectPath::from_static_str_unchecked("/");
+    nm.activate_connection(path, &none, &none)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            zbus::Error::MethodError(_, Some(message), _) => message,
+            e => e.to_string(),
+        })
 }
 
 async fn connection_proxy(

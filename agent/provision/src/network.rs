@@ -25,7 +25,15 @@ pub type Settings = HashMap<String, HashMap<String, OwnedValue>>;
 pub struct Profile {
     pub id: String,
     pub uuid: String,
+    pub kind: Kind,
     pub settings: Settings,
+}
+
+/// What a profile connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ethernet,
+    Wifi,
 }
 
 /// Every profile the provisioning asks for.
@@ -40,6 +48,7 @@ pub fn profiles(p: &Provision) -> Vec<Profile> {
         out.push(Profile {
             uuid: uuid_for(&id),
             id,
+            kind: Kind::Ethernet,
             settings,
         });
     }
@@ -108,6 +117,7 @@ fn wifi(w: &Wifi) -> Profile {
     Profile {
         uuid: uuid_for(&id),
         id,
+        kind: Kind::Wifi,
         settings,
     }
 }
