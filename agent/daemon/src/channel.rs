@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use containeros_config::{ChannelMode, ChannelSection, maintenance_window};
 use containeros_trust::{Checks, Digest, Manifest, PublicKey};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::os;
 use crate::store;
@@ -162,6 +162,16 @@ impl Channel {
         );
         let manifest: Manifest = match verified {
             Ok(v) => v.manifest,
+            // The release this device already took: nothing new (a server
+            // that ignores If-None-Match, or the first poll of a boot).
+            Err(containeros_trust::TrustError::NotNewer { offered, installed }) if offered == installed => {
+                debug!(
+                    version = offered,
+                    "the channel still offers release {offered}, already applied"
+                );
+                last_ignored.clear();
+                return Ok(());
+            }
             Err(e) => {
                 // Once per distinct problem, not at every poll.
                 let problem = e.to_string();
