@@ -9,11 +9,17 @@
 #
 #   disk.raw            the factory disk: v1 in both slots, grubenv "A B"
 #   v2.img              OS version 2, a good update
-#   v2-noengine.img     OS version 2 with the engine disabled (health fails)
-#   v2-nokernel.img     OS version 2 whose kernel never comes up (its
+#   v3-noengine.img     OS version 3 with the engine disabled (health fails)
+#   v3-nokernel.img     OS version 3 whose kernel never comes up (its
 #                       initramfs has no working /init: panic, reboot)
 #   release.key/.pub    the release signing key pair; the public key is in
-#                       the device's /data/containeros/agent.toml
+#                       the provisioning file
+#   provision.toml      the provisioning file written on the boot partition
+#                       (containeros/config.toml) by `containeros provision
+#                       write`, as a person would before the first boot:
+#                       channel URL, keys and CA, host name, a static
+#                       Ethernet address, a Wi-Fi network, an SSH key
+#   ssh.key             the SSH key it authorizes (root)
 #   ca.pem, server.*    the test CA (trusted by the device through
 #                       channel.ca_file) and the channel server's certificate
 #                       for 10.0.2.100, where the runner forwards the
@@ -51,7 +57,7 @@ if [ -f "$out/done" ]; then
     exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "mkdisk.sh: needs root (the root tree's owners)" >&2; exit 1; }
-for tool in mkfs.ext4 mkfs.vfat mcopy mmd sfdisk grub-mkimage openssl cpio; do
+for tool in mkfs.ext4 mkfs.vfat mcopy mmd sfdisk grub-mkimage openssl cpio ssh-keygen; do
     command -v "$tool" >/dev/null || { echo "mkdisk.sh: $tool missing (see tests/vm/README.md)" >&2; exit 1; }
 done
 [ -d /usr/lib/grub/x86_64-efi ] || { echo "mkdisk.sh: /usr/lib/grub/x86_64-efi missing (apt-get install grub-efi-amd64-bin)" >&2; exit 1; }
@@ -82,18 +88,26 @@ install -m 0755 "$bin_dir/containeros-agent" "$bin_dir/containeros" "$tree/usr/b
 install -D -m 0644 "$repo/agent/dist/containeros-agent.service" "$tree/usr/lib/systemd/system/containeros-agent.service"
 install -D -m 0644 "$repo/agent/dist/org.containeros.Agent1.conf" "$tree/usr/share/dbus-1/system.d/org.containeros.Agent1.conf"
 install -D -m 0644 "$repo/agent/dist/agent.toml" "$tree/etc/containeros/agent.toml"
-sed -i -e '/^\[update\]/,/^\[/s|^bootloader = .*|bootloader = "grub"|' "$tree/etc/containeros/agent.toml"
-grep -q '^bootloader = "grub"$' "$tree/etc/containeros/agent.toml" ||
-    { echo "mkdisk.sh: agent.toml: could not select GRUB; has the [update] section changed?" >&2; exit 1; }
+sed -i -e '/^\[update\]/,/^\[/s|^bootloader = .*|bootloader = "grub"|' \
+    -e '/^\[provision\]/,/^\[/s|^file = .*|file = "/boot/efi/containeros/config.toml"|' \
+    -e '/^\[provision\]/,/^\[/s|^ssh_unit = .*|ssh_unit = "ssh.socket"|' "$tree/etc/containeros/agent.toml"
+for want in 'bootloader = "grub"' 'file = "/boot/efi/containeros/config.toml"' 'ssh_unit = "ssh.socket"'; do
+    grep -qx "$want" "$tree/etc/containeros/agent.toml" ||
+        { echo "mkdisk.sh: agent.toml: could not set $want; have its sections changed?" >&2; exit 1; }
+done
 chroot "$tree" groupadd --system containeros
 
 # --- containeros-base, for a GRUB machine (boot partition at /boot/efi)
-sed -e 's|@PERSISTENT_ETC@|machine-id hostname systemd/network/|' -e 's|@DATA_DIRS@|etc/ssh-host-keys|' \
+sed -e 's|@PERSISTENT_ETC@|machine-id hostname NetworkManager/system-connections/|' -e 's|@DATA_DIRS@|etc/ssh-host-keys|' \
     "$base/containeros-preinit.in" >"$tree/sbin/containeros-preinit"
 chmod 0755 "$tree/sbin/containeros-preinit"
 sed -e 's|@BOOTMOUNT@|/boot/efi|' "$base/boot-mount.in" >"$tree/usr/lib/systemd/system/boot-efi.mount"
 install -D -m 0644 "$base/journald-containeros.conf" "$tree/usr/lib/systemd/journald.conf.d/10-containeros.conf"
-mkdir -p "$tree/data" "$tree/boot/efi" "$tree/etc/systemd/network"
+mkdir -p "$tree/data" "$tree/boot/efi" "$tree/etc/NetworkManager/system-connections"
+# openssh-server, as the layer has it: host keys made on the device (here:
+# none in the image), the socket off until the agent starts it for
+# provisioned keys.
+rm -f "$tree"/etc/ssh/ssh_host_*
 awk '$1 !~ /^#/ && NF >= 2 { print $2 }' "$repo/tests/vm/guest/etc/fstab" | while read -r m; do mkdir -p "$tree$m"; done
 
 # --- the simulated machine's own parts (tests/vm/guest/)
@@ -102,8 +116,9 @@ ln -sf /etc/machine-id "$tree/var/lib/dbus/machine-id"
 kernel=$(cd "$tree/boot" && ls vmlinuz-* | sort -V | tail -1)
 ln -sf "$kernel" "$tree/boot/vmlinuz"
 ln -sf "initrd.img-${kernel#vmlinuz-}" "$tree/boot/initrd.img"
-systemctl --root="$tree" enable containeros-agent.service boot-efi.mount systemd-networkd.service \
+systemctl --root="$tree" enable containeros-agent.service boot-efi.mount NetworkManager.service \
     containeros-vm-bus.service containeros-vm-registry.service docker.service >/dev/null 2>&1
+systemctl --root="$tree" disable ssh.service ssh.socket systemd-networkd.service >/dev/null 2>&1 || true
 systemctl --root="$tree" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     fstrim.timer dpkg-db-backup.timer >/dev/null 2>&1 || true
 
@@ -126,9 +141,10 @@ mkimage v1.img
 os_release 2
 mkimage v2.img
 # The engine disabled: no engine answers, no app runs, health never passes.
+os_release 3
 ln -sf /dev/null "$tree/etc/systemd/system/docker.service"
 ln -sf /dev/null "$tree/etc/systemd/system/docker.socket"
-mkimage v2-noengine.img
+mkimage v3-noengine.img
 rm "$tree/etc/systemd/system/docker.service" "$tree/etc/systemd/system/docker.socket"
 # A kernel that never comes up: its initramfs's /init cannot be executed,
 # the kernel then fails on init= and panics (panic=5 reboots).
@@ -138,7 +154,7 @@ printf 'not an executable\n' >"$work/badinit/init"
 chmod 0755 "$work/badinit/init"
 (cd "$work/badinit" && echo init | cpio --quiet -o -H newc) >"$tree/boot/initrd-broken.img"
 ln -sf initrd-broken.img "$tree/boot/initrd.img"
-mkimage v2-nokernel.img
+mkimage v3-nokernel.img
 ln -sf "$real_initrd" "$tree/boot/initrd.img"
 
 # --- keys: release signing, test CA, the channel server's certificate
@@ -151,19 +167,17 @@ printf 'subjectAltName=IP:10.0.2.100\nextendedKeyUsage=serverAuth\n' >"$work/ext
 openssl x509 -req -in "$work/server.csr" -CA "$out/ca.pem" -CAkey "$out/ca.key" -CAcreateserial -days 3650 \
     -extfile "$work/ext" -out "$out/server.pem" 2>/dev/null
 
-# --- data: the device's own settings, as provisioning would leave them
+# --- data: the test runner's tuning only (overrides agent.toml: a short
+# poll interval and health deadline); the device's own settings come from
+# the provisioning file on the boot partition, below.
 mkdir -p "$work/data/containeros"
-cp "$out/ca.pem" "$work/data/containeros/channel-ca.pem"
 cat >"$work/data/containeros/agent.toml" <<TOML
-# The simulated device's settings (overrides /etc/containeros/agent.toml).
+# The test runner's tuning (overrides /etc/containeros/agent.toml).
 [update]
-trusted_keys = ["$(tr -d '\n' <"$out/release.pub")"]
-health_timeout = "${CONTAINEROS_VM_HEALTH_TIMEOUT:-3m}"
+health_timeout = "${CONTAINEROS_VM_HEALTH_TIMEOUT:-90s}"
 
 [channel]
-url = "https://10.0.2.100/stable"
 interval = "10s"
-ca_file = "/data/containeros/channel-ca.pem"
 TOML
 data_mib=2048
 truncate -s "${data_mib}M" "$work/data.ext4"
@@ -208,6 +222,39 @@ put "$work/boot.vfat" 1
 put "$out/v1.img" $((1 + boot_mib))
 put "$out/v1.img" $((1 + boot_mib + root_mib))
 put "$work/data.ext4" $((1 + boot_mib + 2 * root_mib))
+
+# --- provisioning: what a person writes on the card before the first boot,
+# through the host-side command (no mount, no root needed for this part).
+# QEMU's user network: the device at 10.0.2.15, gateway 10.0.2.2, DNS
+# 10.0.2.3; the Wi-Fi network has no radio here (its profile is made and
+# its passphrase leaves the boot partition all the same).
+ssh-keygen -q -t ed25519 -N "" -C "containeros-vm-test" -f "$out/ssh.key"
+cat >"$out/provision.toml" <<TOML
+# The simulated device's provisioning file (tests/vm/mkdisk.sh).
+[device]
+hostname = "shop-window-7"
+
+[channel]
+url = "https://10.0.2.100/stable"
+trusted_keys = ["$(tr -d '\n' <"$out/release.pub")"]
+ca = """
+$(cat "$out/ca.pem")
+"""
+
+[ethernet]
+ipv4 = "static"
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+dns = ["10.0.2.3"]
+
+[[wifi]]
+ssid = "Shop"
+psk = "correct horse battery staple"
+
+[ssh]
+authorized_keys = ["$(cat "$out/ssh.key.pub")"]
+TOML
+"$bin_dir/containeros" provision write "$disk" "$out/provision.toml" >/dev/null
 echo "$root_mib" >"$out/root-mib"
 touch "$out/done"
 echo "$out"

@@ -5,9 +5,12 @@
 #   tests/vm/mkroot.sh        prints the path of the root tree
 #
 # mmdebstrap --variant=minbase bookworm with what a ContainerOS device runs:
-# systemd, udev, dbus, a Docker-compatible engine (docker.io), the kernel
-# and its initramfs from linux-image-amd64, and socat (the test bridges for
-# the D-Bus bus and the registry, tests/vm/guest/). The initramfs carries
+# systemd, udev, dbus, a Docker-compatible engine (docker.io),
+# NetworkManager (the layer's network manager, which the agent configures
+# from the provisioning file), OpenSSH (started by the agent only when keys
+# are provisioned), the kernel and its initramfs from linux-image-amd64, and
+# socat (the test bridges for the D-Bus bus and the registry,
+# tests/vm/guest/). The initramfs carries
 # only the modules a QEMU disk needs; kernel modules a virtual machine
 # never loads (sound, GPU, wireless, media, ...) are left out to keep the
 # slot image, and so each OS update, small.
@@ -32,7 +35,11 @@ mirror=${mirror:-http://deb.debian.org/debian}
 
 packages=systemd,systemd-sysv,udev,dbus,kmod,iproute2,procps,util-linux,mount,e2fsprogs,dosfstools
 packages=$packages,docker.io,ca-certificates,socat,linux-image-amd64,initramfs-tools
+packages=$packages,network-manager,openssh-server
 
+# Older root trees are of no use any more (mkdisk.sh rebuilds from this one).
+mkdir -p "$cache"
+find "$cache" -maxdepth 1 -name 'root-*' -not -name "${out##*/}" -exec rm -rf {} +
 mkdir -p "$out"
 rm -rf "$out/root.tmp"
 # Modules the kernel needs from the initramfs to find its root on a QEMU

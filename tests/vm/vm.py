@@ -4,8 +4,10 @@ tests/vm/mkdisk.sh assembles, driven from the host.
 
     tests/vm/vm.py build                 build (or reuse) the disk; print its directory
     tests/vm/vm.py demo                  boot, publish an update, watch it commit
-    tests/vm/vm.py test [NAME...]        the system tests (all by default):
-                                         update, rollback, kernel, powercut
+    tests/vm/vm.py test [NAME...]        the system tests (all by default), in
+                                         order on one device through its life:
+                                         provision, update, rollback, kernel,
+                                         powercut (--each: a fresh device each)
     tests/vm/vm.py shell                 boot and keep running; prints how to reach it
 
 How the host reaches the device (QEMU user networking, no root needed for
@@ -33,6 +35,7 @@ import http.server
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -125,12 +128,12 @@ def app_image(variant):
     return tag
 
 
-def compose(variant, image):
+def compose(variant, image, version):
     # The app appends one line per start to a file in its named volume and
     # prints the whole file: its logs show what survived.
     return f"""name: demo
 x-containeros:
-  version: "{variant.lstrip('v')}"
+  version: "{version}"
 services:
   app:
     image: {image}
@@ -167,15 +170,66 @@ class Channel:
             def log_message(self, *args):
                 pass
 
+            # Single byte ranges (`Range: bytes=a-b`, `If-Range`), as any
+            # web server or CDN answers them: the chunk archive is read by
+            # ranges, and an interrupted download resumes.
+            remaining = None
+            etag = None
+            offset = 0
+            # Keep-alive: the chunk archive's ranges over one connection.
+            protocol_version = "HTTP/1.1"
+
+            def send_head(self):
+                self.remaining, self.etag, self.offset = None, None, 0
+                path = self.translate_path(self.path)
+                if not os.path.isfile(path):
+                    return super().send_head()
+                st = os.stat(path)
+                self.etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+                wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+                if_range = self.headers.get("If-Range")
+                if not wanted or (if_range and if_range not in (self.etag, self.date_time_string(int(st.st_mtime)))):
+                    return super().send_head()
+                start = int(wanted[1])
+                end = min(int(wanted[2]) if wanted[2] else st.st_size - 1, st.st_size - 1)
+                if start >= st.st_size or end < start:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{st.st_size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                f = open(path, "rb")
+                f.seek(start)
+                self.offset = start
+                self.remaining = end - start + 1
+                self.send_response(206)
+                self.send_header("Content-Type", self.guess_type(path))
+                self.send_header("Content-Range", f"bytes {start}-{end}/{st.st_size}")
+                self.send_header("Content-Length", str(self.remaining))
+                self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+                self.end_headers()
+                return f
+
+            def end_headers(self):
+                if self.etag:
+                    self.send_header("ETag", self.etag)
+                    self.send_header("Accept-Ranges", "bytes")
+                super().end_headers()
+
             def copyfile(self, source, outputfile):
                 image = self.path.endswith(".img")
                 if image:
                     channel.image_requests += 1
-                    channel.request_bytes = 0
-                while True:
-                    buf = source.read(256 * 1024)
+                    # Where in the image this response is (a resumed
+                    # download starts where the last one stopped).
+                    channel.request_bytes = self.offset
+                while self.remaining is None or self.remaining > 0:
+                    want = 256 * 1024 if self.remaining is None else min(256 * 1024, self.remaining)
+                    buf = source.read(want)
                     if not buf:
                         break
+                    if self.remaining is not None:
+                        self.remaining -= len(buf)
                     outputfile.write(buf)
                     if image:
                         channel.image_bytes += len(buf)
@@ -199,16 +253,21 @@ class Channel:
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def publish(self, apps_variant=None, os_image=None, os_version=None):
+    def publish(self, apps_variant=None, os_image=None, os_version=None, delta=True):
+        """Release `version + 1`; `delta=False` leaves out the chunk archive
+        (the device then downloads the whole image)."""
         self.version += 1
         cmd = [str(target_dir() / "containeros-publish"), "--channel-dir", str(self.dir),
                "--key", str(self.disk / "release.key"), "--version", str(self.version)]
         if apps_variant:
             path = self.root / f"compose-{self.version}.yml"
-            path.write_text(compose(apps_variant, app_image(apps_variant)))
+            path.write_text(compose(apps_variant, app_image(apps_variant), self.version))
             cmd += ["--apps", str(path)]
         if os_image:
             cmd += ["--os-image", str(self.disk / os_image), "--os-version", os_version]
+            # Brotli 5: the archive of a 704 MiB slot in half a minute
+            # instead of 10 at 11, for under 1 % more bytes.
+            cmd += ["--delta-level", "5"] if delta else ["--no-delta"]
         out = run(cmd, stdout=subprocess.PIPE).stdout.strip()
         log(f"published release {self.version}: {out}")
         self.image_bytes = 0
@@ -245,6 +304,10 @@ class Device:
         self.bridge = None
         self.boots = 0
         self.console_offset = 0
+        self.ssh_port = None
+        # The device's host key, learnt at the first login: every later
+        # login (other boots, the other slot) must meet the same key.
+        self.known_hosts = self.dir / "known_hosts"
 
     # -- power
 
@@ -252,6 +315,7 @@ class Device:
         self.boots += 1
         self.console_offset = self.console.stat().st_size if self.console.exists() else 0
         bus_port = free_port()
+        self.ssh_port = free_port()
         forward = f"cmd:socat - TCP:127.0.0.1:{self.channel.port}"
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max",
                "-smp", os.environ.get("CONTAINEROS_VM_CPUS", "2"), "-m", "1024",
@@ -259,6 +323,7 @@ class Device:
                "-bios", str(OVMF),
                "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=writeback",
                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{bus_port}-:7000,"
+                          f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,"
                           f"guestfwd=tcp:10.0.2.100:443-{forward}",
                "-device", "virtio-net-pci,netdev=net0",
                "-device", "virtio-rng-pci",
@@ -348,6 +413,27 @@ class Device:
             raise Failure(f"containeros {' '.join(args)}: {p.stderr.strip()}")
         return p
 
+    def ssh(self, command, check=True, key=True):
+        """Runs `command` on the device as root over SSH with the
+        provisioned key (`key=False`: password only, which must fail)."""
+        auth = (["-i", str(self.disk / "ssh.key"), "-o", "IdentitiesOnly=yes"] if key else
+                ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"])
+        p = subprocess.run(
+            ["ssh", "-p", str(self.ssh_port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+             "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={self.known_hosts}",
+             "-o", "LogLevel=ERROR", *auth, "root@127.0.0.1", command],
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        if check and p.returncode != 0:
+            raise Failure(f"ssh {command!r}: exit {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def status(self):
+        p = self.cli("status", "--json", check=False)
+        try:
+            return json.loads(p.stdout) if p.returncode == 0 else None
+        except json.JSONDecodeError:
+            return None
+
     def os_status(self):
         p = self.cli("os", "status", "--json", check=False)
         if p.returncode != 0:
@@ -394,6 +480,11 @@ class Device:
 
 
 # ---------------------------------------------------------------- scenarios
+#
+# Each phase starts from a device that runs a committed OS with apps, on
+# either slot, and leaves it that way. The standalone tests run one phase
+# on a fresh device; `vm.py test` runs them all, one after the other, on
+# one device through its life (one factory boot instead of five).
 
 
 def boot_factory(dev):
@@ -410,134 +501,170 @@ def first_release(dev, channel):
     dev.wait_app("v1")
 
 
-def update(dev, channel, image="v2.img", apps="v2"):
-    """Publishes release 2 (OS 2 from `image`, apps `apps`); returns when."""
-    return channel.publish(apps_variant=apps, os_image=image, os_version="2")
+def other(slot):
+    return "B" if slot == "A" else "A"
 
 
-def test_update(disk, run_dir, timings):
-    """A to B: download, reboot into B, health, commit; the next boot stays on B."""
-    channel = Channel(disk, run_dir)
-    dev = Device(disk, run_dir, channel, "update")
-    try:
-        timings["power-on to agent ready (factory boot)"] = boot_factory(dev)
-        first_release(dev, channel)
-        published = update(dev, channel)
-        dev.wait_reboot(1500)
-        timings["publish to reboot (download, verify, switch)"] = time.monotonic() - published
-        timings["reset to agent ready (trial boot of B)"] = dev.wait_ready()
-        s = dev.wait_os("committed on B", lambda s: s.get("booted_slot") == "B" and s.get("state") == "committed")
-        timings["publish to committed"] = time.monotonic() - published
-        assert s.get("os_version") == "2", s
-        lines = dev.wait_app("v2")
-        assert "start v1" in lines, f"the named volume lost the v1 app's lines: {lines}"
-        # The next boot stays on B.
-        dev.cli("os", "reboot", check=False)
-        dev.wait_reboot()
-        dev.wait_ready()
-        dev.wait_os("still on B after a reboot", lambda s: s.get("booted_slot") == "B" and s.get("state") == "committed")
-        dev.wait_app("v2")
-    finally:
-        dev.shutdown()
-        channel.close()
+def phase_provisioning(dev, channel, timings):
+    """The provisioning file mkdisk.sh wrote on the boot partition with
+    `containeros provision write`: imported on the first boot, applied
+    (host name through hostnamed, a static Ethernet profile and a Wi-Fi
+    profile through NetworkManager, SSH for the provisioned key only, the
+    channel with its CA), the passphrase gone from the boot partition."""
+    s = dev.wait_for("provisioning imported", lambda: (lambda s: s if s and str(
+        s.get("provisioning", "")).startswith("imported") else None)(dev.status()), 300)
+    log(f"provisioning: {s.get('provisioning')}; device id {s.get('device_id')}")
+    if "not applied" in str(s.get("provisioning")):
+        raise Failure(f"provisioning not applied: {s.get('provisioning')}")
+    # SSH: the agent starts it for the provisioned key; key only.
+    dev.wait_for("SSH with the provisioned key", lambda: dev.ssh("true", check=False).returncode == 0, 300)
+    p = dev.ssh("true", check=False, key=False)
+    if p.returncode == 0 or "Permission denied (publickey)" not in p.stderr:
+        raise Failure(f"SSH without a key was not refused as keys-only: exit {p.returncode}: {p.stderr.strip()}")
+    hostname = dev.ssh("hostname").stdout.strip()
+    if hostname != "shop-window-7":
+        raise Failure(f"host name {hostname!r}, provisioned 'shop-window-7'")
+    eth = dev.wait_for("the static Ethernet profile active", lambda: (lambda out: out if out.startswith(
+        "manual") else None)(dev.ssh("nmcli -g ipv4.method,ipv4.addresses,ipv4.gateway,GENERAL.STATE "
+                                     "connection show containeros-ethernet", check=False).stdout), 120)
+    log(f"Ethernet (NetworkManager, containeros-ethernet): {' '.join(eth.split())}")
+    if "activated" not in eth or "10.0.2.15/24" not in eth:
+        raise Failure(f"containeros-ethernet is not the active static profile: {eth}")
+    wifi = dev.ssh("nmcli -g 802-11-wireless.ssid connection show containeros-wifi-Shop").stdout.strip()
+    if wifi != "Shop":
+        raise Failure(f"no Wi-Fi profile for Shop: {wifi!r}")
+    on_boot = dev.ssh("cat /boot/efi/containeros/config.toml").stdout
+    if "correct horse" in on_boot or "# psk: stored on the device" not in on_boot:
+        raise Failure(f"the passphrase is still on the boot partition:\n{on_boot}")
+    mode = dev.ssh("stat -c %a /data/containeros/provision/config.json").stdout.strip()
+    if mode != "600":
+        raise Failure(f"the stored provisioning (secrets) has mode {mode}, not 600")
+    log("provisioned: host name, static Ethernet, Wi-Fi profile, SSH by key only, passphrase off the boot partition")
 
 
-def test_rollback(disk, run_dir, timings):
-    """A broken v2 (engine disabled): health never passes, the device rolls
-    back to A and the v1 apps run again."""
-    channel = Channel(disk, run_dir)
-    dev = Device(disk, run_dir, channel, "rollback")
-    try:
-        boot_factory(dev)
-        first_release(dev, channel)
-        published = update(dev, channel, image="v2-noengine.img")
-        dev.wait_reboot(1500)
-        dev.wait_ready()
-        dev.wait_os("trying B", lambda s: s.get("booted_slot") == "B")
-        dev.wait_reboot(900)
-        dev.wait_ready()
-        s = dev.wait_os("rolled back to A", lambda s: s.get("booted_slot") == "A" and s.get("state") == "rolled-back")
-        timings["publish to rolled back (engine disabled in v2)"] = time.monotonic() - published
-        assert s.get("os_version") == "1", s
-        # The v1 app runs again on this boot: a second line in its volume.
-        lines = dev.wait_for("the v1 app started again", lambda: (
-            lambda l: l if l.count("start v1") >= 2 and l[-1] == "start v1" else None)(
-            [x for x in dev.app_log().splitlines() if x.startswith("start ")]), 600)
-        log(f"app v1 running again; its volume holds: {', '.join(lines)}")
-    finally:
-        dev.shutdown()
-        channel.close()
+def phase_update(dev, channel, timings, image="v2.img", os_version="2"):
+    """An OS update to the other slot: download (delta from the running
+    slot), reboot, health, commit; the next boot stays there."""
+    s = dev.os_status()
+    start, target = s.get("booted_slot"), other(s.get("booted_slot"))
+    variant = f"v{channel.version + 1}"
+    published = channel.publish(apps_variant=variant, os_image=image, os_version=os_version)
+    dev.wait_reboot(1500)
+    timings["publish to reboot (download, verify, switch)"] = time.monotonic() - published
+    timings[f"reset to agent ready (trial boot of {target})"] = dev.wait_ready()
+    s = dev.wait_os(f"committed on {target}",
+                    lambda s: s.get("booted_slot") == target and s.get("state") == "committed")
+    timings["publish to committed"] = time.monotonic() - published
+    assert s.get("os_version") == os_version, s
+    lines = dev.wait_app(variant)
+    assert "start v1" in lines, f"the named volume lost the v1 app's lines: {lines}"
+    # The next boot stays there.
+    dev.cli("os", "reboot", check=False)
+    dev.wait_reboot()
+    dev.wait_ready()
+    dev.wait_os(f"still on {target} after a reboot",
+                lambda s: s.get("booted_slot") == target and s.get("state") == "committed")
+    dev.wait_app(variant)
+    log(f"updated from {start} to {target}")
 
 
-def test_kernel(disk, run_dir, timings):
-    """A v2 kernel that never comes up: GRUB's try counter brings the device
-    back to A, the agent records the failed update."""
-    channel = Channel(disk, run_dir)
-    dev = Device(disk, run_dir, channel, "kernel")
-    try:
-        boot_factory(dev)
-        first_release(dev, channel)
-        published = update(dev, channel, image="v2-nokernel.img")
-        dev.wait_reboot(1500)
-        # update.boot_attempts (3) boots of B, each a kernel panic and a reset.
-        for attempt in range(3):
-            dev.new_boot("Kernel panic", 600)
-            log(f"slot B attempt {attempt + 1}: kernel panic")
-        dev.wait_ready()
-        s = dev.wait_os("back on A", lambda s: s.get("booted_slot") == "A" and s.get("state") not in ("pending-reboot", "trying"))
-        timings["publish to back on A (v2 kernel panics)"] = time.monotonic() - published
-        log(f"after the failed kernel: state {s.get('state')}, last error: {s.get('last_error')}")
-        assert s.get("os_version") == "1", s
-        assert "Booting `ContainerOS slot A'" in dev.console_text()
-        dev.wait_app("v1")
-    finally:
-        dev.shutdown()
-        channel.close()
+def publish_broken(dev, channel, image):
+    """Publishes OS 3 from a broken `image` with new apps; returns the slot
+    and OS version the device runs, its app's start lines, and when."""
+    s = dev.os_status()
+    before = [x for x in dev.app_log().splitlines() if x.startswith("start ")]
+    published = channel.publish(apps_variant=f"v{channel.version + 1}", os_image=image,
+                                os_version="3", delta=False)
+    return s.get("booted_slot"), s.get("os_version"), before, published
 
 
-def test_powercut(disk, run_dir, timings, seed, points):
+def phase_rollback(dev, channel, timings):
+    """A broken OS (engine disabled): health never passes, the device rolls
+    back and the previous release's apps run again."""
+    home, version, before, published = publish_broken(dev, channel, "v3-noengine.img")
+    dev.wait_reboot(1500)
+    dev.wait_ready()
+    dev.wait_os(f"trying {other(home)}", lambda s: s.get("booted_slot") == other(home))
+    dev.wait_reboot(900)
+    dev.wait_ready()
+    s = dev.wait_os(f"rolled back to {home}",
+                    lambda s: s.get("booted_slot") == home and s.get("state") == "rolled-back")
+    timings["publish to rolled back (engine disabled in the new OS)"] = time.monotonic() - published
+    assert s.get("os_version") == version, s
+    # The previous app runs again on this boot: one more line in its volume.
+    last = before[-1]
+    lines = dev.wait_for(f"the app ({last}) started again", lambda: (
+        lambda l: l if l.count(last) > before.count(last) and l[-1] == last else None)(
+        [x for x in dev.app_log().splitlines() if x.startswith("start ")]), 600)
+    log(f"app running again; its volume holds: {', '.join(lines)}")
+
+
+def phase_kernel(dev, channel, timings):
+    """A new OS whose kernel never comes up: GRUB's try counter brings the
+    device back, the agent records the failed update."""
+    home, version, before, published = publish_broken(dev, channel, "v3-nokernel.img")
+    dev.wait_reboot(1500)
+    # update.boot_attempts (3) boots of the new slot, each a kernel panic and a reset.
+    for attempt in range(3):
+        dev.new_boot("Kernel panic", 600)
+        log(f"slot {other(home)} attempt {attempt + 1}: kernel panic")
+    dev.wait_ready()
+    s = dev.wait_os(f"back on {home}", lambda s: s.get("booted_slot") == home
+                    and s.get("state") not in ("pending-reboot", "trying"))
+    timings["publish to back on the old slot (new kernel panics)"] = time.monotonic() - published
+    log(f"after the failed kernel: state {s.get('state')}, last error: {s.get('last_error')}")
+    assert s.get("os_version") == version, s
+    assert f"Booting `ContainerOS slot {home}'" in dev.console_text()
+    dev.wait_app(before[-1].split()[-1])
+
+
+def phase_powercut(dev, channel, timings, seed, points):
     """Power cuts at seeded points while the image downloads (by bytes
-    served) and while the slots are switched (0-1.5 s after the agent
-    logged the image verified): after each the device boots, runs on a
-    consistent slot, and the app's named volume kept what it wrote; in the
-    end the update is committed."""
+    served; the release has no chunk archive, so the whole image comes
+    over the network) and while the slots are switched (0-1.5 s after the
+    agent logged the image verified): after each the device boots, runs on
+    a consistent slot, and the app's named volume kept what it wrote; in
+    the end the update is committed."""
     rng = random.Random(seed)
     log(f"power cut seed {seed} (CONTAINEROS_VM_SEED={seed} repeats these points)")
     download = sorted(rng.uniform(0.05, 0.95) for _ in range(points - points // 2))
     switch = [round(rng.uniform(0.0, 1.5), 1) for _ in range(points // 2)]
     print("cut points: download at " + ", ".join(f"{f:.0%}" for f in download)
           + "; after 'verified' at " + ", ".join(f"+{t:.1f} s" for t in switch), flush=True)
-    channel = Channel(disk, run_dir)
-    dev = Device(disk, run_dir, channel, "powercut")
     images = {"1": "v1.img", "2": "v2.img"}
-    try:
-        boot_factory(dev)
-        first_release(dev, channel)
-        size = (disk / "v2.img").stat().st_size
-        channel.publish(apps_variant="v2", os_image="v2.img", os_version="2")
-        for i, frac in enumerate(download):
-            want = int(size * frac)
-            channel.request_bytes = 0
-            dev.wait_for(f"download at {frac:.0%}", lambda: channel.request_bytes >= want or None, 1200)
-            dev.power_cut()
-            s = after_cut(dev, f"download cut {i + 1} at {frac:.0%}")
-            if s.get("booted_slot") != "A":
-                raise Failure(f"a cut during the download left the device on {s.get('booted_slot')}: {s}")
-        for j, delay in enumerate(switch):
-            dev.wait_console(VERIFIED_LINE, 1500)
-            time.sleep(delay)
-            dev.power_cut()
-            s = after_cut(dev, f"switch cut {j + 1} at +{delay:.1f} s")
-            s = settle(dev, s)
-            if j + 1 < len(switch):
-                # The next switch needs the next update: back to the other OS.
-                other = "1" if s.get("os_version") == "2" else "2"
-                channel.publish(apps_variant=f"v{other}", os_image=images[other], os_version=other)
-        lines = dev.wait_app(f"v{s.get('os_version')}")
-        assert "start v1" in lines, lines
-    finally:
-        dev.shutdown()
-        channel.close()
+    s = dev.os_status()
+    home = s.get("booted_slot")
+
+    def publish_next(s):
+        # Between the two good OS versions, whichever does not run.
+        next_os = "1" if s.get("os_version") == "2" else "2"
+        channel.publish(apps_variant=f"v{channel.version + 1}", os_image=images[next_os],
+                        os_version=next_os, delta=False)
+
+    # Image requests made before the device can have seen this release (or
+    # before the last cut): only later ones count.
+    before = channel.image_requests
+    publish_next(s)
+    size = (channel.disk / "v1.img").stat().st_size
+    for i, frac in enumerate(download):
+        want = int(size * frac)
+        dev.wait_for(f"download at {frac:.0%}", lambda: (
+            channel.image_requests > before and channel.request_bytes >= want) or None, 1200)
+        dev.power_cut()
+        before = channel.image_requests
+        s = after_cut(dev, f"download cut {i + 1} at {frac:.0%}")
+        if s.get("booted_slot") != home:
+            raise Failure(f"a cut during the download left the device on {s.get('booted_slot')}: {s}")
+    for j, delay in enumerate(switch):
+        dev.wait_console(VERIFIED_LINE, 1500)
+        time.sleep(delay)
+        dev.power_cut()
+        s = after_cut(dev, f"switch cut {j + 1} at +{delay:.1f} s")
+        s = settle(dev, s)
+        if j + 1 < len(switch):
+            # The next switch needs the next update.
+            publish_next(s)
+    dev.wait_app(f"v{channel.version}")
 
 
 def after_cut(dev, what):
@@ -572,12 +699,60 @@ def settle(dev, s):
     raise Failure(f"the update did not settle after a cut: {s}")
 
 
-TESTS = {
-    "update": test_update,
-    "rollback": test_rollback,
-    "kernel": test_kernel,
-    "powercut": test_powercut,
+PHASES = {
+    "provision": phase_provisioning,
+    "update": phase_update,
+    "rollback": phase_rollback,
+    "kernel": phase_kernel,
+    "powercut": phase_powercut,
 }
+
+
+def run_phase(name, dev, channel, timings):
+    if name == "powercut":
+        seed = int(os.environ.get("CONTAINEROS_VM_SEED", random.randrange(1 << 32)))
+        points = int(os.environ.get("CONTAINEROS_VM_CUTS", "10"))
+        phase_powercut(dev, channel, timings, seed, points)
+    else:
+        PHASES[name](dev, channel, timings)
+
+
+def test(disk, run_dir, names, timings):
+    """The phases `names`, in order, on one device; returns the failed and
+    the phases not run after a failure."""
+    channel = Channel(disk, run_dir)
+    dev = Device(disk, run_dir, channel, "device")
+    failed = []
+    try:
+        timings["power-on to agent ready (factory boot)"] = boot_factory(dev)
+        if names and names[0] == "provision":
+            run_checked("provision", dev, channel, timings, failed)
+            names = names[1:]
+        first_release(dev, channel)
+        for name in names:
+            if failed:
+                print(f"NOT RUN: vm: {name} (after a failure)", flush=True)
+                failed.append(name)
+                continue
+            run_checked(name, dev, channel, timings, failed)
+    except (Failure, AssertionError, subprocess.CalledProcessError) as e:
+        print(f"FAIL: vm: factory boot and first release: {e}", flush=True)
+        failed.append("factory")
+    finally:
+        dev.shutdown()
+        channel.close()
+    return failed
+
+
+def run_checked(name, dev, channel, timings, failed):
+    log(f"=== {name}")
+    t0 = time.monotonic()
+    try:
+        run_phase(name, dev, channel, timings)
+        print(f"PASS: vm: {name} ({time.monotonic() - t0:.0f} s)", flush=True)
+    except (Failure, AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        print(f"FAIL: vm: {name}: {e}", flush=True)
+        failed.append(name)
 
 
 def main():
@@ -585,6 +760,8 @@ def main():
     ap.add_argument("command", choices=["build", "demo", "test", "shell"])
     ap.add_argument("names", nargs="*")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--each", action="store_true",
+                    help="test: every phase on a fresh device of its own (slower)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("vm.py: needs root (building the disk image)")
@@ -607,24 +784,16 @@ def main():
         elif args.command == "shell":
             shell(disk, run_dir)
         else:
-            names = args.names or list(TESTS)
+            names = args.names or list(PHASES)
             for name in names:
-                if name not in TESTS:
-                    sys.exit(f"vm.py: no test {name!r}; tests: {', '.join(TESTS)}")
-            for name in names:
-                log(f"=== {name}")
-                t0 = time.monotonic()
-                try:
-                    if name == "powercut":
-                        seed = int(os.environ.get("CONTAINEROS_VM_SEED", random.randrange(1 << 32)))
-                        points = int(os.environ.get("CONTAINEROS_VM_CUTS", "10"))
-                        TESTS[name](disk, run_dir, timings, seed, points)
-                    else:
-                        TESTS[name](disk, run_dir, timings)
-                    print(f"PASS: vm: {name} ({time.monotonic() - t0:.0f} s)", flush=True)
-                except (Failure, AssertionError, subprocess.CalledProcessError) as e:
-                    print(f"FAIL: vm: {name}: {e}", flush=True)
-                    failed.append(name)
+                if name not in PHASES:
+                    sys.exit(f"vm.py: no test {name!r}; tests: {', '.join(PHASES)}")
+            if args.each:
+                for name in names:
+                    phases = ["provision"] if name == "provision" else [name]
+                    failed += test(disk, run_dir / name, phases, timings)
+            else:
+                failed = test(disk, run_dir, names, timings)
     finally:
         if timings:
             print("\nTimings (software emulation, no KVM):")
@@ -643,9 +812,10 @@ def demo(disk, run_dir, timings):
     dev = Device(disk, run_dir, channel, "demo")
     try:
         timings["power-on to agent ready"] = boot_factory(dev)
+        phase_provisioning(dev, channel, timings)
         first_release(dev, channel)
         print(dev.cli("os", "status").stdout, flush=True)
-        published = update(dev, channel)
+        published = channel.publish(apps_variant="v2", os_image="v2.img", os_version="2")
         log("release 2 published (OS 2 + apps v2); the device polls the channel every 10 s")
         dev.wait_reboot(1200)
         timings["publish to reboot into B"] = time.monotonic() - published
