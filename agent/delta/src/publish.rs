@@ -345,13 +345,50 @@ pub struct PatchInfo {
 
 /// Writes `patch` = Brotli(VCDIFF from `old` to `new`), the binary patch a
 /// device applies with [`crate::apply_patch`]. Runs the `xdelta3` program
-/// (Debian package xdelta3): `-9 -S none` (no secondary compression: the
+/// (Debian package xdelta3) with `-S none` (no secondary compression: the
 /// device decodes plain VCDIFF; the whole patch is Brotli-compressed
 /// instead, which also compresses better), `-B <old size>` (the whole old
-/// image is the source window, so a file that moved is still found),
+/// image is the source window, so a file that moved is still found) and
 /// `-W 8 MiB` (target windows: the device's memory).
+///
+/// xdelta3's levels are not monotonic: `-9` makes the smallest patch of
+/// real root images, but on images with long runs of repetitive text it
+/// loses the source and makes patches ten times larger than `-3` does. Both
+/// are made and the smaller kept (each takes seconds; the chunk archive
+/// takes minutes).
 pub fn make_patch(old: &Path, old_size: u64, new: &Path, patch: &Path) -> Result<PatchInfo, DeltaError> {
-    use std::io::Write as _;
+    let mut best: Option<(Vec<u8>, u64)> = None;
+    for level in ["-9", "-3"] {
+        let vcdiff = run_xdelta3(old, old_size, new, patch, level)?;
+        let compressed = brotli_whole(&vcdiff).map_err(|e| DeltaError::MakePatch {
+            old: old.to_owned(),
+            new: new.to_owned(),
+            reason: format!("cannot compress the patch: {e}"),
+        })?;
+        if best.as_ref().is_none_or(|(b, _)| compressed.len() < b.len()) {
+            best = Some((compressed, vcdiff.len() as u64));
+        }
+    }
+    let (compressed, vcdiff_size) = best.unwrap_or_default();
+    std::fs::write(patch, &compressed).map_err(|source| DeltaError::WriteArchive {
+        path: patch.to_owned(),
+        source,
+    })?;
+    Ok(PatchInfo {
+        size: compressed.len() as u64,
+        sha256: Digest::of(&compressed),
+        vcdiff_size,
+    })
+}
+
+/// The VCDIFF from `old` to `new` at xdelta3 `level`, made beside `patch`.
+fn run_xdelta3(
+    old: &Path,
+    old_size: u64,
+    new: &Path,
+    patch: &Path,
+    level: &str,
+) -> Result<Vec<u8>, DeltaError> {
     let fail = |reason: String| DeltaError::MakePatch {
         old: old.to_owned(),
         new: new.to_owned(),
@@ -359,7 +396,7 @@ pub fn make_patch(old: &Path, old_size: u64, new: &Path, patch: &Path) -> Result
     };
     let raw = patch.with_extension("vcdiff.tmp");
     let output = std::process::Command::new("xdelta3")
-        .args(["-e", "-9", "-f", "-S", "none", "-W", "8388608", "-B"])
+        .args(["-e", level, "-f", "-S", "none", "-W", "8388608", "-B"])
         .arg(old_size.max(1 << 20).to_string())
         .arg("-s")
         .arg(old)
@@ -384,25 +421,21 @@ pub fn make_patch(old: &Path, old_size: u64, new: &Path, patch: &Path) -> Result
     }
     let vcdiff = std::fs::read(&raw).map_err(|e| fail(format!("cannot read {}: {e}", raw.display())));
     let _ = std::fs::remove_file(&raw);
-    let vcdiff = vcdiff?;
-    let mut compressed = Vec::with_capacity(vcdiff.len() / 2);
+    vcdiff
+}
+
+/// Brotli at quality 11 with a 16 MiB window, the largest standard one
+/// (large windows are a Brotli extension): patches are a few MiB at most,
+/// so the window spans one whole.
+fn brotli_whole(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(bytes.len() / 2);
     {
-        // Quality 11 and a 16 MiB window, the largest standard one (large
-        // windows are a Brotli extension): patches are a few MiB at most, so
-        // the window spans one whole.
-        let mut w = brotli::CompressorWriter::new(&mut compressed, 1 << 16, 11, 24);
-        w.write_all(&vcdiff)
-            .map_err(|e| fail(format!("cannot compress the patch: {e}")))?;
+        let mut w = brotli::CompressorWriter::new(&mut out, 1 << 16, 11, 24);
+        w.write_all(bytes)?;
+        w.flush()?;
     }
-    std::fs::write(patch, &compressed).map_err(|source| DeltaError::WriteArchive {
-        path: patch.to_owned(),
-        source,
-    })?;
-    Ok(PatchInfo {
-        size: compressed.len() as u64,
-        sha256: Digest::of(&compressed),
-        vcdiff_size: vcdiff.len() as u64,
-    })
+    Ok(out)
 }
 
 #[cfg(test)]
