@@ -3,7 +3,9 @@
 //! HTTPS on loopback by the test server; the agent, polling the channel,
 //! clones the new image into slot B from its running slot A, fetching only
 //! the chunks it lacks — also when the server cuts the connection several
-//! times mid-transfer.
+//! times mid-transfer. A release published over an earlier one also
+//! carries a binary patch from that one's OS: a device running it fetches
+//! the patch instead of chunks.
 
 use std::process::Command;
 
@@ -95,6 +97,14 @@ async fn device(v1: &[u8], server: &Server, key: Option<&str>) -> Update {
     u.device.agent.kill9();
     let config = u.device.agent.config_path();
     let mut text = std::fs::read_to_string(&config).expect("config");
+    // The device runs OS version 1.0 (what `publish` names v1).
+    let os_release = u.path("os-release");
+    std::fs::write(&os_release, "ID=containeros\nVERSION_ID=\"1.0\"\n").expect("os-release");
+    text = text.replacen(
+        "[agent]\n",
+        &format!("[agent]\nos_release = \"{}\"\n", os_release.display()),
+        1,
+    );
     if let Some(key) = key {
         text = text
             .lines()
@@ -220,5 +230,122 @@ async fn a_delta_update_fetches_what_changed_and_survives_cut_connections() {
     assert!(
         fetched <= delta + delta / 5 + (64 << 10),
         "with cut connections the update fetched {fetched} bytes, one delta is {delta}"
+    );
+}
+
+/// Publishes `image` as release `version` (OS version `os_version`) into
+/// `channel`, signed with `key`.
+fn publish(channel: &std::path::Path, key: &std::path::Path, version: &str, os_version: &str, image: &[u8]) {
+    let file = channel.join(format!("v{version}.img"));
+    std::fs::write(&file, image).expect("image");
+    let out = Command::new(containeros_tests::bin("containeros-publish"))
+        .arg("--channel-dir")
+        .arg(channel)
+        .arg("--key")
+        .arg(key)
+        .args([
+            "--version",
+            version,
+            "--os-version",
+            os_version,
+            "--delta-level",
+            "5",
+        ])
+        .arg("--os-image")
+        .arg(&file)
+        .output()
+        .expect("containeros-publish");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_update_fetches_the_patch_and_falls_back_on_another_seed() {
+    let v1 = root_image(IMAGE, 1);
+    let v2 = updated(&v1);
+    let channel = tempfile::tempdir().expect("channel dir");
+    let keys = tempfile::tempdir().expect("key dir");
+    let (secret, public) = (keys.path().join("release.key"), keys.path().join("release.pub"));
+    let out = Command::new(containeros_tests::bin("containeros"))
+        .args(["release", "keygen", "--secret"])
+        .arg(&secret)
+        .arg("--public")
+        .arg(&public)
+        .output()
+        .expect("containeros release keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = std::fs::read_to_string(&public).expect("public key");
+    publish(channel.path(), &secret, "1", "1.0", &v1);
+    publish(channel.path(), &secret, "2", "2.0", &v2);
+    let patch = channel.path().join("releases/2/os/from-1.0.patch");
+    let patch_size = std::fs::metadata(&patch)
+        .expect("the release's patch from 1.0")
+        .len();
+    let manifest = std::fs::read_to_string(channel.path().join("manifest.json")).expect("manifest");
+    assert!(manifest.contains("from-1.0.patch"), "{manifest}");
+
+    // A device on v1: the patch, and nothing else of the OS.
+    let server = serve_dir(channel.path(), Faults::default()).await;
+    let mut u = device(&v1, &server, Some(&key)).await;
+    let status = pending_reboot(&u).await;
+    let fetched = status["bytes_fetched"].as_u64().expect("bytes_fetched");
+    assert!(slot_b(&u, IMAGE) == v2, "slot B does not hold v2");
+    println!("patch: {fetched} bytes fetched for a {IMAGE}-byte image (patch {patch_size} bytes)");
+    assert!(
+        fetched >= patch_size && fetched <= patch_size + (64 << 10),
+        "fetched {fetched} bytes, the patch is {patch_size}"
+    );
+    assert!(
+        u.device.agent.stderr().contains("binary patch"),
+        "the update did not go by the patch:\n{}",
+        u.device.agent.stderr()
+    );
+    u.reboot_into("B", 2);
+    let status = u.state_becomes("committed").await;
+    assert_eq!(status["booted_slot"], "B", "{status}");
+    drop(u);
+    drop(server);
+
+    // The same with the connection cut twice in the patch: resumed.
+    let manifests = 4 << 10;
+    let cuts = vec![manifests + patch_size / 3, manifests + 2 * patch_size / 3];
+    let server = serve_dir(
+        channel.path(),
+        Faults {
+            cuts: cuts.clone(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let u = device(&v1, &server, Some(&key)).await;
+    let status = pending_reboot(&u).await;
+    let cut_fetched = status["bytes_fetched"].as_u64().expect("bytes_fetched");
+    let stats = server.stats();
+    println!(
+        "patch with {} cut connections: {cut_fetched} bytes fetched (clean: {fetched})",
+        stats.cuts
+    );
+    assert_eq!(stats.cuts, cuts.len(), "the connection was not cut as planned");
+    assert!(slot_b(&u, IMAGE) == v2, "slot B does not hold v2");
+    assert!(
+        cut_fetched <= fetched + fetched / 5 + (64 << 10),
+        "with cut connections the update fetched {cut_fetched} bytes, the patch alone {fetched}"
+    );
+    drop(u);
+    drop(server);
+
+    // A device that says it runs 1.0 but holds other bytes: the patch
+    // fails its checksums, the chunk archive makes the image instead.
+    let mut other = v1.clone();
+    for b in &mut other[(5 << 20)..(5 << 20) + 4096] {
+        *b ^= 0xa5;
+    }
+    let server = serve_dir(channel.path(), Faults::default()).await;
+    let u = device(&other, &server, Some(&key)).await;
+    pending_reboot(&u).await;
+    assert!(slot_b(&u, IMAGE) == v2, "slot B does not hold v2");
+    let log = u.device.agent.stderr();
+    assert!(
+        log.contains("the binary patch failed") && log.contains("Adler-32"),
+        "no fallback from the patch:\n{log}"
     );
 }

@@ -23,6 +23,14 @@
 //! a rollback restores the apps release that ran before, so the OS and the
 //! apps go back together.
 //!
+//! How the image reaches the slot, best first: a binary patch from the OS
+//! version the device runs (the manifest's `os.patches`; downloaded to the
+//! state directory, checked, applied with the running slot as its source),
+//! else the chunk archive (`os.archive`: cloned from what the device holds),
+//! else the whole image. Each later way is tried when the one before fails
+//! (the running slot not being the patch's seed included); every way ends
+//! with the slot's size and SHA-256 checked against the manifest.
+//!
 //! A kill or power cut anywhere restarts the agent into
 //! [`containeros_update::state::recover`], which says what to do from the
 //! record, the running slot, this boot's id and the bootloader's view; a
@@ -214,6 +222,9 @@ pub struct Updater {
     /// A CA bundle trusted besides the system's for every download of an
     /// update (`channel.ca_file`): manifests, images, archives, apps.
     ca_file: Option<PathBuf>,
+    /// The running OS's os-release (`agent.os_release`): its VERSION_ID
+    /// picks the release's binary patch.
+    os_release: PathBuf,
 }
 
 impl std::fmt::Debug for Updater {
@@ -238,9 +249,11 @@ pub enum Availability {
 
 impl Updater {
     /// `None` when `update.bootloader` is `none`. Errors name the config key.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &UpdateSection,
         ca_file: Option<&Path>,
+        os_release: &Path,
         state_dir: &Path,
         rebooter: Arc<dyn Rebooter>,
         health: Arc<dyn Health>,
@@ -319,6 +332,7 @@ impl Updater {
             apps,
             reports,
             ca_file: ca_file.map(Path::to_owned),
+            os_release: os_release.to_owned(),
         }))
     }
 
@@ -400,6 +414,16 @@ impl Updater {
 
     fn source_file(&self) -> PathBuf {
         self.dir.join("source")
+    }
+
+    /// Where a binary patch is downloaded to (on the data partition).
+    fn patch_file(&self) -> PathBuf {
+        self.dir.join("os.patch")
+    }
+
+    /// The running OS version (os-release VERSION_ID), if known.
+    fn running_os_version(&self) -> Option<String> {
+        crate::device::read(&self.os_release).and_then(|t| crate::device::os_version(&t))
     }
 
     /// The apps release that comes with the update, and the one before.
@@ -495,7 +519,17 @@ struct Started {
     /// The image's chunk archive, when the release has one: the slot is then
     /// cloned from what the device holds, fetching only the missing chunks.
     archive: Option<ImageSource>,
+    /// The release's binary patch from the running OS version, if any.
+    patch: Option<PatchSource>,
     device: PathBuf,
+}
+
+/// A binary patch to fetch: where, and what the manifest says it is.
+#[derive(Debug, Clone)]
+struct PatchSource {
+    location: ImageSource,
+    size: u64,
+    sha256: Digest,
 }
 
 #[derive(Debug, Clone)]
@@ -544,6 +578,22 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
     }
     let image = resolve(source, &os.path)?;
     let archive = os.archive.as_deref().map(|a| resolve(source, a)).transpose()?;
+    let running = updater.running_os_version();
+    let patch = match running.as_deref() {
+        Some(running) => os
+            .patches
+            .iter()
+            .find(|p| p.from_version == running)
+            .map(|p| {
+                Ok::<_, String>(PatchSource {
+                    location: resolve(source, &p.path)?,
+                    size: p.size,
+                    sha256: p.sha256,
+                })
+            })
+            .transpose()?,
+        None => None,
+    };
     updater.forget_apps();
     let _ = updater.reports.send(Report::FetchStarted);
     let _ = updater.reports.send(Report::Fetched(envelope.len() as u64));
@@ -573,7 +623,7 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
         .map_err(|e| format!("cannot disable slot {target} in the bootloader before writing it: {e}"))?;
     store::write_atomic(
         &updater.source_file(),
-        source_text(&image, archive.as_ref()).as_bytes(),
+        source_text(&image, archive.as_ref(), patch.as_ref()).as_bytes(),
     )
     .map_err(|e| format!("cannot record the update source: {e}"))?;
     let record = updater.step(
@@ -595,27 +645,49 @@ async fn begin(updater: &Updater, source: &str, force_downgrade: bool) -> Result
         slot = %target,
         device = %device.display(),
         signed_by = %verified.signed_by,
+        running_os_version = running.as_deref().unwrap_or("unknown"),
+        way = if patch.is_some() {
+            "binary patch"
+        } else if archive.is_some() {
+            "chunk archive"
+        } else {
+            "whole image"
+        },
         "installing OS release"
     );
     Ok(Started {
         record,
         image,
         archive,
+        patch,
         device,
     })
 }
 
-/// What `source_file` keeps for a restart: the image's location, and the
-/// archive's on a second line.
-fn source_text(image: &ImageSource, archive: Option<&ImageSource>) -> String {
-    match archive {
-        Some(a) => format!("{}\n{}\n", image_text(image), image_text(a)),
-        None => format!("{}\n", image_text(image)),
+/// What `source_file` keeps for a restart: the image's location, the
+/// archive's on a second line, and the patch on a line of its own:
+/// `patch <size> <sha256> <location>`.
+fn source_text(image: &ImageSource, archive: Option<&ImageSource>, patch: Option<&PatchSource>) -> String {
+    let mut text = format!("{}\n", image_text(image));
+    if let Some(a) = archive {
+        text.push_str(&format!("{}\n", image_text(a)));
     }
+    if let Some(p) = patch {
+        text.push_str(&format!(
+            "patch {} {} {}\n",
+            p.size,
+            p.sha256,
+            image_text(&p.location)
+        ));
+    }
+    text
 }
 
+/// What [`source_text`] recorded.
+type Sources = (ImageSource, Option<ImageSource>, Option<PatchSource>);
+
 /// Reads back [`source_text`].
-fn parse_source_text(text: &str) -> Result<(ImageSource, Option<ImageSource>), String> {
+fn parse_source_text(text: &str) -> Result<Sources, String> {
     let location = |line: &str| {
         if is_url(line) {
             ImageSource::Url(line.to_owned())
@@ -623,9 +695,29 @@ fn parse_source_text(text: &str) -> Result<(ImageSource, Option<ImageSource>), S
             ImageSource::File(PathBuf::from(line))
         }
     };
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let image = lines.next().ok_or("the interrupted update's source is empty")?;
-    Ok((location(image), lines.next().map(location)))
+    let mut patch = None;
+    let mut locations = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("patch ") {
+            let mut parts = rest.splitn(3, ' ');
+            let bad = || format!("the interrupted update's source names a bad patch: {line}");
+            let size = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            let sha256 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            let at = parts.next().ok_or_else(bad)?;
+            patch = Some(PatchSource {
+                location: location(at),
+                size,
+                sha256,
+            });
+        } else {
+            locations.push(location(line));
+        }
+    }
+    let mut locations = locations.into_iter();
+    let image = locations
+        .next()
+        .ok_or("the interrupted update's source is empty")?;
+    Ok((image, locations.next(), patch))
 }
 
 fn image_text(image: &ImageSource) -> String {
@@ -747,9 +839,18 @@ async fn write_and_switch(updater: Arc<Updater>, started: Started, reboot: bool)
         record,
         image,
         archive,
+        patch,
         device,
     } = started;
-    let result = write(&updater, record, &image, archive.as_ref(), &device).await;
+    let result = write(
+        &updater,
+        record,
+        &image,
+        archive.as_ref(),
+        patch.as_ref(),
+        &device,
+    )
+    .await;
     finish_switch(&updater, result, reboot).await;
 }
 
@@ -787,6 +888,7 @@ async fn write(
     record: Record,
     image: &ImageSource,
     archive: Option<&ImageSource>,
+    patch: Option<&PatchSource>,
     device: &Path,
 ) -> Result<Record, String> {
     let update = record.update.clone().ok_or("the update state names no update")?;
@@ -821,6 +923,25 @@ async fn write(
             });
         }
     };
+
+    if let Some(patch) = patch {
+        match apply_patch(updater, patch, &client, &update, device, &expected, &mut progress).await {
+            Ok(()) => {
+                let record = updater.step(&record, Transition::Written)?;
+                let record = updater.step(&record, Transition::Verified)?;
+                return switch(updater, record);
+            }
+            Err(e) => warn!(
+                patch = %image_text(&patch.location),
+                "the binary patch failed ({e}); {} instead",
+                if archive.is_some() {
+                    "cloning from the chunk archive"
+                } else {
+                    "downloading the whole image"
+                }
+            ),
+        }
+    }
 
     if let Some(archive) = archive {
         // The running slot is the seed: the new image is mostly in it.
@@ -889,6 +1010,67 @@ async fn write(
     // The installer hashed every byte it wrote and flushed them.
     let record = updater.step(&record, Transition::Verified)?;
     switch(updater, record)
+}
+
+/// Downloads the release's binary patch to the state directory (resuming
+/// with ranges, checked against the manifest's size and SHA-256) and
+/// applies it with the running slot as its source. On `Ok` the slot holds
+/// the image, checked and flushed; the patch file is removed either way.
+async fn apply_patch(
+    updater: &Updater,
+    patch: &PatchSource,
+    client: &Result<reqwest::Client, String>,
+    update: &Update,
+    device: &Path,
+    expected: &Expected,
+    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
+) -> Result<(), String> {
+    let file = updater.patch_file();
+    let result = async {
+        let source = match &patch.location {
+            ImageSource::File(path) => Source::File(path.as_path()),
+            ImageSource::Url(url) => Source::Url {
+                client: client.as_ref().map_err(Clone::clone)?,
+                url: url.as_str(),
+            },
+        };
+        // The installer writes into an existing file of at least the size.
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(patch.size))
+            .map_err(|e| format!("cannot make room for the patch in {}: {e}", file.display()))?;
+        let fetched = containeros_update::install(
+            source,
+            &file,
+            &Expected {
+                size: patch.size,
+                sha256: patch.sha256,
+            },
+            &Retry::default(),
+            &mut |done, total| progress(State::Downloading.name(), done, total),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let _ = updater.reports.send(Report::Fetched(fetched.fetched));
+        let seed = updater
+            .slots
+            .device(update.previous, &updater.host)
+            .map_err(|e| e.to_string())?;
+        let applied = containeros_delta::apply_patch(&file, &seed, device, expected, &mut |done| {
+            progress("patching", done, expected.size);
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        info!(
+            fetched = fetched.fetched,
+            resumes = fetched.resumes,
+            windows = applied.windows,
+            "OS image made from the running slot and the binary patch; its SHA-256 matches the manifest"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&file);
+    result
 }
 
 /// Makes the verified target the next boot and records `PendingReboot`.
@@ -966,13 +1148,21 @@ async fn resume(updater: Arc<Updater>) {
                 }
                 let source = std::fs::read_to_string(updater.source_file())
                     .map_err(|e| format!("the interrupted update's source is lost: {e}"))?;
-                let (image, archive) = parse_source_text(&source)?;
+                let (image, archive, patch) = parse_source_text(&source)?;
                 let device = updater
                     .slots
                     .device(slot, &updater.host)
                     .map_err(|e| e.to_string())?;
                 info!(source = %image_text(&image), "writing the interrupted OS image again");
-                write(&updater, record.clone(), &image, archive.as_ref(), &device).await
+                write(
+                    &updater,
+                    record.clone(),
+                    &image,
+                    archive.as_ref(),
+                    patch.as_ref(),
+                    &device,
+                )
+                .await
             }
             .await;
             finish_switch(&updater, result, false).await;
@@ -1245,4 +1435,36 @@ fn auto_device(slot: &str) -> Result<String, String> {
         "disk {} has no partition {number}; set update.slot_a and update.slot_b",
         disk.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_update_source_record_round_trips_with_and_without_a_patch() {
+        let image = ImageSource::Url("https://updates.example/releases/2/os/rootfs.img".into());
+        let archive = ImageSource::Url("https://updates.example/releases/2/os/rootfs.cba".into());
+        let patch = PatchSource {
+            location: ImageSource::File(PathBuf::from("/media/usb/releases/2/os/from-1.0.patch")),
+            size: 1234,
+            sha256: Digest::of(b"patch"),
+        };
+        let text = source_text(&image, Some(&archive), Some(&patch));
+        let (i, a, p) = parse_source_text(&text).expect("parse");
+        assert_eq!(image_text(&i), image_text(&image));
+        assert_eq!(a.as_ref().map(image_text), Some(image_text(&archive)));
+        let p = p.expect("the patch is kept");
+        assert_eq!((p.size, p.sha256), (1234, patch.sha256));
+        assert_eq!(image_text(&p.location), image_text(&patch.location));
+
+        // Records written before patches existed read as before.
+        let (i, a, p) = parse_source_text("/data/v2.img\n").expect("parse");
+        assert_eq!(image_text(&i), "/data/v2.img");
+        assert!(a.is_none() && p.is_none());
+        let text = source_text(&image, None, Some(&patch));
+        let (_, a, p) = parse_source_text(&text).expect("parse");
+        assert!(a.is_none() && p.is_some(), "{text}");
+        assert!(parse_source_text("x\npatch 12 nothex y\n").is_err());
+    }
 }

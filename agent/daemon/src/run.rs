@@ -240,6 +240,7 @@ pub async fn run(loaded: Loaded, provisioned: Provisioned) -> Result<()> {
     let (availability, os_task) = match os::Updater::new(
         &config.update,
         (!config.channel.ca_file.is_empty()).then(|| Path::new(&config.channel.ca_file)),
+        config.agent.os_release.as_path(),
         config.agent.state_dir.as_path(),
         rebooter,
         health,

@@ -13,6 +13,11 @@
 //! delta-bench clone URL CA SEED TARGET SIZE SHA256
 //!     clone_into with SEED as the running slot into TARGET (a file of at least SIZE
 //!     bytes); prints "fetched_bytes reused_bytes fetched_chunks reused_chunks seconds peak_rss_kib"
+//! delta-bench patch OLD NEW PATCH
+//!     make_patch (xdelta3 -S none, then Brotli) as the publisher does;
+//!     prints "patch_bytes vcdiff_bytes seconds"
+//! delta-bench apply-patch PATCH SEED TARGET SIZE SHA256
+//!     apply_patch with SEED as the running slot into TARGET; prints "seconds peak_rss_kib"
 //! ```
 //!
 //! The server is its own process so that the clone's peak RSS is its own.
@@ -36,7 +41,9 @@ fn usage() -> ! {
         "usage: delta-bench archive IMAGE ARCHIVE [min=B avg=B max=B window=B level=N hash=B algo=rollsum|buzhash]\n       \
          delta-bench ideal WANT.cba HAVE.cba\n       \
          delta-bench serve ARCHIVE DIR\n       \
-         delta-bench clone URL CA SEED TARGET SIZE SHA256"
+         delta-bench clone URL CA SEED TARGET SIZE SHA256\n       \
+         delta-bench patch OLD NEW PATCH\n       \
+         delta-bench apply-patch PATCH SEED TARGET SIZE SHA256"
     );
     std::process::exit(2);
 }
@@ -53,8 +60,52 @@ fn main() -> Result<()> {
         ["clone", url, ca, seed, target, size, sha256] => {
             current()?.block_on(clone(url, ca, seed, target, size, sha256))
         }
+        ["patch", old, new, patch] => {
+            let t0 = Instant::now();
+            let old_size = std::fs::metadata(old)?.len();
+            let made =
+                containeros_delta::make_patch(Path::new(old), old_size, Path::new(new), Path::new(patch))?;
+            println!(
+                "{} {} {:.1}",
+                made.size,
+                made.vcdiff_size,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        ["apply-patch", patch, seed, target, size, sha256] => {
+            current()?.block_on(apply_patch_cmd(patch, seed, target, size, sha256))
+        }
         _ => usage(),
     }
+}
+
+async fn apply_patch_cmd(patch: &str, seed: &str, target: &str, size: &str, sha256: &str) -> Result<()> {
+    let expected = Expected {
+        size: size.parse()?,
+        sha256: sha256.parse::<Digest>()?,
+    };
+    let t0 = Instant::now();
+    containeros_delta::apply_patch(
+        Path::new(patch),
+        Path::new(seed),
+        Path::new(target),
+        &expected,
+        &mut |_| {},
+    )
+    .await?;
+    println!("{:.1} {}", t0.elapsed().as_secs_f64(), peak_rss()?);
+    Ok(())
+}
+
+fn peak_rss() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")
+                .map(|v| v.trim().trim_end_matches(" kB").to_owned())
+        })
+        .unwrap_or_default())
 }
 
 fn multi() -> std::io::Result<tokio::runtime::Runtime> {

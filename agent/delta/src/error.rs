@@ -26,6 +26,12 @@ pub enum DeltaError {
     },
     #[error("invalid archive options: {reason}")]
     Options { reason: String },
+    #[error("cannot make the patch from {old} to {new}: {reason}")]
+    MakePatch {
+        old: PathBuf,
+        new: PathBuf,
+        reason: String,
+    },
     #[error("cannot compress a chunk of {path}: {reason}")]
     Compress { path: PathBuf, reason: String },
 
@@ -106,6 +112,39 @@ pub enum DeltaError {
         expected: Digest,
         actual: Digest,
     },
+    // --- device side: a binary patch ---
+    #[error("cannot read patch file {path}: {source}")]
+    ReadPatch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read seed {path}: {source}")]
+    ReadSeed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot apply patch {path} to {seed}: {source}")]
+    Patch {
+        path: PathBuf,
+        seed: PathBuf,
+        #[source]
+        source: crate::vcdiff::VcdiffError,
+    },
+    #[error(
+        "patch {path} made {written} bytes with SHA-256 {actual}, the manifest says {size} bytes with \
+         SHA-256 {expected}: the running slot is not the release the patch was made from, or the patch \
+         does not belong to the release"
+    )]
+    PatchResult {
+        path: PathBuf,
+        written: u64,
+        size: u64,
+        expected: Digest,
+        actual: Digest,
+    },
+
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -12,6 +12,12 @@
 //!   what is guaranteed on `Ok` (the same as the full-image installer: the
 //!   slot holds exactly the manifest's size and SHA-256) and on `Err`.
 //!
+//! - [`apply_patch`]: the device's other side, for a release that carries a
+//!   binary patch from the OS version the device runs: a VCDIFF patch
+//!   ([`mod@vcdiff`]) applied to the running slot. Smaller than the chunks
+//!   (a changed library spoils every chunk it spans, a patch only its
+//!   changed bytes), but useful only to devices on that exact version.
+//!
 //! HTTP goes through the agent's one update client
 //! ([`containeros_update::http::client`]: rustls on ring); bitar's own HTTP
 //! reader is not used (the `source` module says why). Sources, expected image
@@ -21,15 +27,18 @@
 
 pub mod clone;
 mod error;
+pub mod patch;
 #[cfg(feature = "publish")]
 pub mod publish;
 mod source;
+pub mod vcdiff;
 
 pub use clone::{CloneReport, Phase, Progress, Seed, clone_into};
 pub use containeros_update::{Expected, Retry, Source};
 pub use error::DeltaError;
+pub use patch::{PatchReport, apply_patch};
 #[cfg(feature = "publish")]
-pub use publish::{ArchiveInfo, ArchiveOptions, Chunking, RollingHash, build_archive};
+pub use publish::{ArchiveInfo, ArchiveOptions, Chunking, PatchInfo, RollingHash, build_archive, make_patch};
 
 /// Archive metadata key holding the image's SHA-256 (lowercase hex), so a
 /// device refuses an archive of another image before fetching a chunk.

@@ -7,6 +7,8 @@
 //! <channel>/releases/<version>/manifest.json   the same, kept per release
 //! <channel>/releases/<version>/os/rootfs.img   the root filesystem image
 //! <channel>/releases/<version>/os/rootfs.cba   its chunk archive (delta updates)
+//! <channel>/releases/<version>/os/from-<os version>.patch
+//!                                              a binary patch from the previous release's OS
 //! <channel>/releases/<version>/apps.yml        the Compose file, images pinned by digest
 //! ```
 //!
@@ -20,6 +22,12 @@
 //! runs, fetching only the chunks it lacks (`containeros-delta`); a device
 //! without it, or a server without range requests, takes the whole image.
 //!
+//! When the channel's current release has another OS image, the new one
+//! also gets a binary patch from it: `xdelta3 -e -9 -S none` (VCDIFF, 8 MiB
+//! windows, the whole old image as source), Brotli-compressed as a whole.
+//! Devices on that OS version fetch it instead of chunks: a changed library
+//! costs its changed bytes rather than every chunk it spans.
+//!
 //! A host-side tool: it is not installed on devices.
 
 use std::path::{Path, PathBuf};
@@ -27,7 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use containeros_apps::release::{ImageRef, Mode};
-use containeros_trust::{AppsRef, Digest, Envelope, FORMAT, Manifest, OsImage, SigningKey};
+use containeros_trust::{AppsRef, Digest, Envelope, FORMAT, Manifest, OsImage, OsPatch, SigningKey};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +74,10 @@ struct Args {
     #[arg(long, value_name = "1-11", default_value_t = 11,
           value_parser = clap::value_parser!(u32).range(1..=11))]
     delta_level: u32,
+    /// Publish the OS image without a binary patch from the channel's
+    /// current release (made with the `xdelta3` program otherwise).
+    #[arg(long)]
+    no_patch: bool,
     /// The apps release (Compose file); images by tag are pinned by digest.
     #[arg(long, value_name = "FILE")]
     apps: Option<PathBuf>,
@@ -151,12 +163,33 @@ async fn publish(args: &Args) -> Result<String, String> {
                 }
                 Some(relative("os/rootfs.cba"))
             };
+            let patches = if args.no_patch {
+                Vec::new()
+            } else {
+                match previous_os(&args.channel_dir)? {
+                    Some((old, old_path)) if old.sha256 != sha256 => {
+                        let name = format!("os/from-{}.patch", file_safe(&old.version));
+                        let made =
+                            containeros_delta::make_patch(&old_path, old.size, &target, &dir.join(&name))
+                                .map_err(|e| e.to_string())?;
+                        vec![OsPatch {
+                            from_version: old.version,
+                            from_sha256: old.sha256,
+                            path: relative(&name),
+                            size: made.size,
+                            sha256: made.sha256,
+                        }]
+                    }
+                    _ => Vec::new(),
+                }
+            };
             Some(OsImage {
                 version: version.clone(),
                 size,
                 sha256,
                 path: relative("os/rootfs.img"),
                 archive,
+                patches,
             })
         }
         _ => None,
@@ -207,6 +240,45 @@ async fn publish(args: &Args) -> Result<String, String> {
             .as_ref()
             .map_or(String::new(), |_| ", apps pinned by digest".to_owned()),
     ))
+}
+
+/// The OS image of the channel's current release, and its file, if it
+/// has one. The manifest is this publisher's own, read back unverified.
+fn previous_os(channel: &Path) -> Result<Option<(OsImage, PathBuf)>, String> {
+    let path = channel.join("manifest.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let envelope: Envelope = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a release manifest: {e}", path.display()))?;
+    let manifest: Manifest = serde_json::from_str(&envelope.signed)
+        .map_err(|e| format!("{}: not a release manifest: {e}", path.display()))?;
+    let Some(os) = manifest.os else {
+        return Ok(None);
+    };
+    let file = channel.join(&os.path);
+    if !file.is_file() {
+        return Err(format!(
+            "{} names the OS image {}, which is missing: restore it, or publish with --no-patch",
+            path.display(),
+            file.display()
+        ));
+    }
+    Ok(Some((os, file)))
+}
+
+/// An OS version as a file name part (VERSION_ID is already one, normally).
+fn file_safe(version: &str) -> String {
+    version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The version of the channel's current manifest, if it has one.

@@ -23,7 +23,7 @@ mod manifest;
 mod verify;
 
 pub use keys::{KeyId, PublicKey, SigningKey};
-pub use manifest::{AppsRef, Digest, Envelope, FORMAT, Manifest, OsImage, SignatureEntry};
+pub use manifest::{AppsRef, Digest, Envelope, FORMAT, Manifest, OsImage, OsPatch, SignatureEntry};
 pub use verify::{Checks, TrustError, Verified, verify};
 
 /// Prefix of every signed message: binds signatures to this use.

@@ -56,6 +56,27 @@ pub struct OsImage {
     /// the chunks it lacks. Absent: the whole image is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
+    /// Binary patches to this image from earlier OS versions: a device that
+    /// runs one of them fetches the patch instead of chunks. Absent or
+    /// empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<OsPatch>,
+}
+
+/// A binary patch (VCDIFF, Brotli-compressed as a whole) that turns the
+/// image of OS version `from_version` into this release's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsPatch {
+    /// The OS version (os-release VERSION_ID) the patch applies to.
+    pub from_version: String,
+    /// SHA-256 of that version's image, the patch's seed.
+    pub from_sha256: Digest,
+    /// The patch file, relative like the image's `path`.
+    pub path: String,
+    /// Size and SHA-256 of the patch file as served.
+    pub size: u64,
+    pub sha256: Digest,
 }
 
 /// The app release (Compose file) of a release.

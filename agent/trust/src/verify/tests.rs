@@ -15,6 +15,7 @@ fn manifest(version: u64) -> Manifest {
             sha256: Digest::of(b"rootfs"),
             path: "os/rootfs.ext4".into(),
             archive: None,
+            patches: Vec::new(),
         }),
         apps: None,
         rollout: None,
@@ -208,4 +209,26 @@ fn keys_round_trip_through_their_text_forms() {
     let digest: Digest = "ab".repeat(32).parse().expect("digest");
     assert_eq!(digest.to_string(), "ab".repeat(32));
     assert!("AB".repeat(32).parse::<Digest>().is_err(), "uppercase refused");
+}
+
+#[test]
+fn os_patches_are_optional_and_round_trip() {
+    // A manifest from a publisher without patches names none.
+    let mut m = manifest(5);
+    let text = serde_json::to_string(&m).expect("serialise");
+    assert!(!text.contains("patches"), "{text}");
+    let back: Manifest = serde_json::from_str(&text).expect("parse");
+    assert_eq!(back, m);
+    if let Some(os) = m.os.as_mut() {
+        os.patches.push(crate::OsPatch {
+            from_version: "1.3.0".into(),
+            from_sha256: Digest::of(b"old rootfs"),
+            path: "os/from-1.3.0.patch".into(),
+            size: 1234,
+            sha256: Digest::of(b"patch"),
+        });
+    }
+    let text = serde_json::to_string(&m).expect("serialise");
+    let back: Manifest = serde_json::from_str(&text).expect("parse");
+    assert_eq!(back, m);
 }
