@@ -255,7 +255,7 @@ class Channel:
 
     def publish(self, apps_variant=None, os_image=None, os_version=None, delta=True):
         """Release `version + 1`; `delta=False` leaves out the chunk archive
-        (the device then downloads the whole image)."""
+        and the binary patch (the device then downloads the whole image)."""
         self.version += 1
         cmd = [str(target_dir() / "containeros-publish"), "--channel-dir", str(self.dir),
                "--key", str(self.disk / "release.key"), "--version", str(self.version)]
@@ -267,7 +267,7 @@ class Channel:
             cmd += ["--os-image", str(self.disk / os_image), "--os-version", os_version]
             # Brotli 5: the archive of a 704 MiB slot in half a minute
             # instead of 10 at 11, for under 1 % more bytes.
-            cmd += ["--delta-level", "5"] if delta else ["--no-delta"]
+            cmd += ["--delta-level", "5"] if delta else ["--no-delta", "--no-patch"]
         out = run(cmd, stdout=subprocess.PIPE).stdout.strip()
         log(f"published release {self.version}: {out}")
         self.image_bytes = 0
@@ -496,8 +496,10 @@ def boot_factory(dev):
 
 
 def first_release(dev, channel):
-    """Release 1: apps v1 on the factory OS."""
-    channel.publish(apps_variant="v1")
+    """Release 1: apps v1 on the factory OS (OS 1, the image the device
+    runs: nothing to install; the next OS release is published with a
+    binary patch from it)."""
+    channel.publish(apps_variant="v1", os_image="v1.img", os_version="1", delta=False)
     dev.wait_app("v1")
 
 
@@ -543,8 +545,10 @@ def phase_provisioning(dev, channel, timings):
 
 
 def phase_update(dev, channel, timings, image="v2.img", os_version="2"):
-    """An OS update to the other slot: download (delta from the running
-    slot), reboot, health, commit; the next boot stays there."""
+    """An OS update to the other slot: download (a binary patch from the
+    running OS when the channel's last release is it, else the chunk
+    archive with the running slot as seed), reboot, health, commit; the
+    next boot stays there."""
     s = dev.os_status()
     start, target = s.get("booted_slot"), other(s.get("booted_slot"))
     variant = f"v{channel.version + 1}"
