@@ -27,6 +27,7 @@
 
 pub mod clone;
 mod error;
+pub mod medium;
 pub mod patch;
 #[cfg(feature = "publish")]
 pub mod publish;

@@ -64,7 +64,9 @@ fn apply_blocking(
         path: patch.to_owned(),
         source,
     })?;
-    let seed_file = std::fs::File::open(seed).map_err(|source| DeltaError::ReadSeed {
+    // As it is on the medium: the running root's page cache may hold
+    // blocks the kernel changed in memory (medium.rs).
+    let seed_file = crate::medium::Medium::open(seed).map_err(|source| DeltaError::ReadSeed {
         path: seed.to_owned(),
         source,
     })?;

@@ -25,6 +25,8 @@ use std::os::unix::fs::FileExt as _;
 
 use containeros_trust::Digest;
 
+use crate::medium::ReadAt;
+
 /// The largest target window, and the largest section, accepted: bounds the
 /// memory a (corrupt or hostile) patch can make the device allocate.
 pub const MAX_WINDOW: u64 = 64 << 20;
@@ -96,7 +98,7 @@ pub struct Applied {
 /// flushed: the caller syncs it once the result is checked.
 pub fn apply(
     patch: impl Read,
-    seed: &File,
+    seed: &dyn ReadAt,
     target: &File,
     limit: u64,
     progress: &mut dyn FnMut(u64),
@@ -518,7 +520,7 @@ impl Cache {
 
 /// What one window decodes against.
 struct Decode<'a> {
-    seed: &'a File,
+    seed: &'a dyn ReadAt,
     target_file: &'a File,
     copy_from: CopyFrom,
     source_len: u64,
@@ -594,7 +596,8 @@ impl Decode<'_> {
             let from = self.source_pos + at;
             let start = target.len();
             target.resize(start + usize_of(n), 0);
-            let (file, read_err): (&File, fn(u64, std::io::Error) -> VcdiffError) = match self.copy_from {
+            let (file, read_err): (&dyn ReadAt, fn(u64, std::io::Error) -> VcdiffError) = match self.copy_from
+            {
                 CopyFrom::Seed => (self.seed, |offset, source| VcdiffError::ReadSeed {
                     offset,
                     source,
