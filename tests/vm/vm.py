@@ -149,8 +149,9 @@ volumes:
 
 
 class Channel:
-    """A channel directory served over HTTPS on a loopback port; counts the
-    bytes of the OS image served so far (for power cuts)."""
+    """A channel directory served over HTTPS on a loopback port; follows
+    the OS image's requests and the position the latest one reached (for
+    power cuts)."""
 
     def __init__(self, disk, run_dir):
         self.disk = disk
@@ -158,7 +159,6 @@ class Channel:
         self.dir = self.root / "stable"
         self.dir.mkdir(parents=True)
         self.version = 0
-        self.image_bytes = 0
         self.image_requests = 0
         self.request_bytes = 0
         channel = self
@@ -232,7 +232,6 @@ class Channel:
                         self.remaining -= len(buf)
                     outputfile.write(buf)
                     if image:
-                        channel.image_bytes += len(buf)
                         channel.request_bytes += len(buf)
 
             def handle(self):
@@ -270,7 +269,6 @@ class Channel:
             cmd += ["--delta-level", "5"] if delta else ["--no-delta", "--no-patch"]
         out = run(cmd, stdout=subprocess.PIPE).stdout.strip()
         log(f"published release {self.version}: {out}")
-        self.image_bytes = 0
         return time.monotonic()
 
     def close(self):
