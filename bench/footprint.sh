@@ -4,7 +4,7 @@
 #
 #   bench/footprint.sh [IDLE_SECONDS]     (default 60; needs root, dockerd)
 #
-# Prints numbers only; nothing is asserted. Targets (issue 2): daemon binary
+# Prints numbers only; nothing is asserted. Targets: daemon binary
 # <= 6 MiB, idle RSS <= 8 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,8 +12,8 @@
 # chunks; the last partial block through the page cache) and fsyncs at the
 # end, as on a device, where it keeps the page cache from growing by the
 # image's size; `dd oflag=direct` is timed too, as the like-for-like
-# reference. Ratios are to the plain dd, the issue's reference. The image
-# is read once beforehand, so every reader gets it from the page cache, and
+# reference; ratios to both are printed. The image is read once
+# beforehand, so every reader gets it from the page cache, and
 # one uncounted dd run first allocates the loop device's backing file, so
 # no run pays for that. The loop device uses direct I/O to its backing file
 # (no second page cache, closer to a real disk). Between runs only `sync`.
@@ -29,11 +29,22 @@
 #
 # Peak RSS of the installer process (the server runs apart) is /usr/bin/time's
 # maximum resident set size. Prints numbers only; nothing is asserted.
-# Targets (issue): installer >= 0.9 x dd over HTTPS, peak RSS <= 16 MiB.
+# Targets: installer >= 0.9 x dd over HTTPS, peak RSS <= 16 MiB.
 # Other work on the machine skews the numbers: the load average is printed.
+#
+# A loop device over a file on the build machine's disk takes writes at
+# memory speed (GB/s), far beyond a device's SD card or eMMC, so the runs
+# above measure the installer's CPU ceiling. Then, for each write speed in
+# MEDIA (MiB/s, default "25 100 400": an SD card, an eMMC, a USB SSD), the
+# same loop device is throttled to that speed with the block cgroup
+# controller (v1 blkio.throttle.write_bps_device, or v2 io.max), and dd
+# (both ways) and the HTTPS install run again inside that cgroup: the ratio
+# to dd there is what a device with that medium sees. MEDIA="" skips them;
+# without a block cgroup controller they are skipped with a note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+media=${MEDIA-25 100 400}
 size_mib=512
 target=${CARGO_TARGET_DIR:-target}
 
@@ -44,8 +55,10 @@ bench=$target/release/examples/install-bench
 dir=$(mktemp -d /tmp/cos-install-bench.XXXXXX)
 loop=""
 server=""
+cg=""
 cleanup() {
     [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+    [ -n "$cg" ] && rmdir "$cg" 2>/dev/null || true
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     rm -rf "$dir"
 }
@@ -71,11 +84,16 @@ dd if="$dir/image" of="$loop" bs=1M conv=fsync status=none
 now() { date +%s.%N; }
 mibs() { awk -v s="$size" -v t="$1" 'BEGIN { printf "%.1f", s / t / 1048576 }'; }
 # One timed run of "$@": wall seconds appended to $dir/$name, CPU seconds
-# (user+sys) to $dir/$name.cpu, peak RSS (KiB) to $dir/$name.rss.
+# (user+sys) to $dir/$name.cpu, peak RSS (KiB) to $dir/$name.rss. With
+# $cg_run set (a cgroup.procs file), the command runs in that cgroup.
+cg_run=""
 timed() {
     local name=$1 t0 t1
     shift
     sync
+    if [ -n "$cg_run" ]; then
+        set -- sh -c 'echo $$ >"$0" && exec "$@"' "$cg_run" "$@"
+    fi
     t0=$(now)
     /usr/bin/time -f '%U %S %M' -o "$dir/time" "$@" >/dev/null
     t1=$(now)
@@ -124,3 +142,48 @@ printf '  installer, local file:  %7s MiB/s  %.2f s wall, %.2f s CPU  ratio to d
     "$(awk -v a="$ddd_m" -v b="$file_m" 'BEGIN { print a / b }')"
 printf '  installer peak RSS (max of all runs): %s KiB (%.1f MiB)\n' "$rss_max" \
     "$(awk -v k="$rss_max" 'BEGIN { print k / 1024 }')"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# A block cgroup that throttles writes to the loop device: sets $cg and
+# $cg_dev and defines limit MIB_PER_S; fails when the kernel offers no such controller.
+throttle_cgroup() {
+    cg_dev=$(cat "/sys/block/${loop#/dev/}/dev")
+    if [ -f /sys/fs/cgroup/blkio/blkio.throttle.write_bps_device ]; then
+        cg=/sys/fs/cgroup/blkio/containeros-bench.$$
+        mkdir "$cg" || return 1
+        limit() { echo "$cg_dev $(($1 << 20))" >"$cg/blkio.throttle.write_bps_device"; }
+    elif grep -qw io /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        grep -qw io /sys/fs/cgroup/cgroup.subtree_control ||
+            echo +io >/sys/fs/cgroup/cgroup.subtree_control || return 1
+        cg=/sys/fs/cgroup/containeros-bench.$$
+        mkdir "$cg" || return 1
+        limit() { echo "$cg_dev wbps=$(($1 << 20))" >"$cg/io.max"; }
+    else
+        return 1
+    fi
+}
+
+if [ -n "$media" ]; then
+    echo
+    if ! throttle_cgroup; then
+        echo "media speeds skipped: no block cgroup controller (blkio or io) to throttle $loop with"
+        exit 0
+    fi
+    echo "the same, with $loop throttled to a device's write speed ($cg):"
+    cg_run=$cg/cgroup.procs
+    for speed in $media; do
+        limit "$speed"
+        for _ in $(seq 1 "$runs"); do
+            timed "dd@$speed" dd if="$dir/image" of="$loop" bs=1M conv=fsync status=none
+            timed "dd-direct@$speed" dd if="$dir/image" of="$loop" bs=1M oflag=direct conv=fsync status=none
+            timed "https@$speed" "$bench" install "$url" "$dir/ca.pem" "$loop" "$size" "$sha"
+        done
+        d=$(median "$dir/dd@$speed")
+        dd_direct=$(median "$dir/dd-direct@$speed")
+        h=$(median "$dir/https@$speed")
+        printf '  %4d MiB/s medium: dd %7s MiB/s, dd direct %7s MiB/s, installer HTTPS %7s MiB/s (%.2f s CPU, peak RSS %s KiB)  ratio to dd %s, to dd direct %s\n' \
+            "$speed" "$(mibs "$d")" "$(mibs "$dd_direct")" "$(mibs "$h")" "$(median "$dir/https@$speed.cpu")" \
+            "$(sort -g "$dir/https@$speed.rss" | tail -1)" "$(ratio "$d" "$h")" "$(ratio "$dd_direct" "$h")"
+    done
+fi

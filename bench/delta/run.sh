@@ -20,7 +20,7 @@
 #   its best ratio), `xdelta3 -9 -B <v1 size>`, and `bsdiff` (Debian's
 #   bsdiff 4.3; skipped with BSDIFF=0 — it needs about 17x the image size
 #   in memory).
-# Ratios are to the raw image size. Targets (issue): delta <= 1.5x the
+# Ratios are to the raw image size. Targets: delta <= 1.5x the
 # zstd --patch-from size and <= 5% of the raw image. Baseline sizes are
 # cached beside the images (they depend on the images only).
 #
