@@ -9,6 +9,8 @@
 //!   process — here a private `dockerd` — waiting for its `READY=1` on a
 //!   `NOTIFY_SOCKET` the way systemd does for `Type=notify` units. systemd
 //!   itself is not PID 1 on the test machines, hence the stand-in.
+//! - [`Logind`]: a stand-in for systemd-logind's manager (the reboot calls),
+//!   for the same reason.
 //! - [`Dockerd`]: the command line of a private dockerd (own data-root,
 //!   exec-root, socket; no bridge, no iptables) beside any other engine.
 //! - [`Agent`]: the built `containeros-agent`, started with a config made by
@@ -24,12 +26,14 @@
 mod bus;
 pub mod https;
 mod images;
+mod logind;
 mod procs;
 mod services;
 mod units;
 
 pub use bus::Bus;
 pub use images::*;
+pub use logind::Logind;
 pub use procs::{Agent, Dockerd, bin, cli, require_root, run_as};
 pub use services::{Hostnamed, NetworkManager};
 pub use units::UnitManager;

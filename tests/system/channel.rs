@@ -4,7 +4,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use containeros_tests::{busybox_image, eventually, require_image_services};
+use containeros_tests::{Logind, busybox_image, eventually, require_image_services};
 
 use crate::os::{Update, apps_release, random, start_with, web_variant};
 
@@ -105,9 +105,11 @@ async fn the_channel_applies_apps_then_an_os_release_by_itself() {
     })
     .await;
 
-    // An OS release with apps v2: installed and rebooted into by itself.
+    // An OS release with apps v2: installed and rebooted into by itself,
+    // the reboot asked of logind (as on the image), not of systemd.
     let apps2 = apps_release(&u, "2", &web2);
     let (path, size, digest) = apps2.clone();
+    let logind = Logind::start(&u.device.bus).await;
     let reboots = u.device.units.reboots();
     publish(
         &u,
@@ -116,10 +118,11 @@ async fn the_channel_applies_apps_then_an_os_release_by_itself() {
         }),
     );
     u.state_becomes("pending-reboot").await;
-    eventually(30, "a reboot asked for", || async {
-        (u.device.units.reboots() > reboots).then_some(())
+    eventually(30, "a reboot asked of logind", || async {
+        (logind.calls() == ["Reboot interactive=false"]).then_some(())
     })
     .await;
+    assert_eq!(u.device.units.reboots(), reboots, "not around logind");
     u.reboot_into("B", 2);
     u.state_becomes("committed").await;
     eventually(60, "apps v2 with the new OS", || async {

@@ -16,4 +16,5 @@ mod podman;
 mod policy;
 mod provision;
 mod publish;
+mod reboot;
 mod release;

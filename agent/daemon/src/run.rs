@@ -221,11 +221,12 @@ pub async fn run(loaded: Loaded, provisioned: Provisioned) -> Result<()> {
     // OS updates: recovery of an update under way first, then requests.
     let (os_reports_tx, os_reports_rx) = mpsc::unbounded_channel();
     let (os_tx, os_rx) = mpsc::channel::<os::Request>(4);
-    let rebooter: Arc<dyn os::Rebooter> = Arc::new(SystemdReboot(
-        UnitManager::new(&connection)
+    let rebooter: Arc<dyn os::Rebooter> = Arc::new(SystemdReboot {
+        connection: connection.clone(),
+        units: UnitManager::new(&connection)
             .await
             .context("cannot reach systemd on the bus")?,
-    ));
+    });
     let health: Arc<dyn os::Health> = Arc::new(TrialHealth {
         engine: engine_watch.clone(),
         apps: apps_settings.clone(),
@@ -610,9 +611,13 @@ async fn publish_os_reports(
     }
 }
 
-/// Reboots through systemd: `reboot.target`, with the reboot argument
-/// (Raspberry Pi tryboot) written where `systemctl reboot ARG` puts it.
-struct SystemdReboot(UnitManager);
+/// Reboots through logind, as `systemctl reboot ARG` does (the argument is
+/// Raspberry Pi tryboot's); without logind on the bus, through systemd's
+/// `reboot.target` with the argument in `/run/systemd/reboot-param`.
+struct SystemdReboot {
+    connection: zbus::Connection,
+    units: UnitManager,
+}
 
 impl os::Rebooter for SystemdReboot {
     fn reboot(
@@ -620,13 +625,23 @@ impl os::Rebooter for SystemdReboot {
         argument: Option<&'static str>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            if let Some(argument) = argument {
-                std::fs::write("/run/systemd/reboot-param", argument).map_err(|e| {
-                    format!("cannot write the reboot argument to /run/systemd/reboot-param: {e}")
-                })?;
-            }
-            info!("asking systemd to reboot");
-            self.0.reboot().await.map_err(|e| e.to_string())
+            info!(argument, "asking for a reboot");
+            let by = containeros_systemd::reboot(
+                &self.connection,
+                &self.units,
+                argument,
+                Path::new(containeros_systemd::REBOOT_PARAM_FILE),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            info!(
+                "reboot queued by {}",
+                match by {
+                    containeros_systemd::RebootBy::Logind => "logind",
+                    containeros_systemd::RebootBy::Systemd => "systemd (no logind on the bus)",
+                }
+            );
+            Ok(())
         })
     }
 }
