@@ -173,9 +173,10 @@ impl Dockerd {
             format!("--pidfile={d}/docker.pid"),
             format!("--host=unix://{d}/docker.sock"),
             "--bridge=none".to_owned(),
-            // Networks from a /16 of their own, in /24s: a stopped dockerd
-            // leaves its bridges behind, and Docker's default pools (a few
-            // dozen /16s and /20s) run out over a full test run.
+            // Networks from a /16 of their own, in /24s, apart from the
+            // machine's (Docker's default pools are a few dozen /16s and
+            // /20s); the bridges a stopped dockerd leaves are deleted when
+            // this is dropped.
             "--default-address-pool=base=10.213.0.0/16,size=24".to_owned(),
             "--iptables=false".to_owned(),
             "--ip-masq=false".to_owned(),
@@ -185,11 +186,43 @@ impl Dockerd {
     }
 }
 
+impl Dockerd {
+    /// Deletes the bridges of this dockerd's networks, which a stopped
+    /// dockerd leaves on the host with their routes: over many test runs on
+    /// one machine they used up the networks' /16 and the host's routes.
+    /// The networks are the `network/v1.0/bridge/<id>` keys of its network
+    /// store; Docker names each bridge `br-` and the id's first 12 digits.
+    fn delete_bridges(&self) {
+        const KEY: &[u8] = b"network/v1.0/bridge/";
+        let store = self.data_root().join("network/files/local-kv.db");
+        let Ok(bytes) = std::fs::read(store) else {
+            return;
+        };
+        let mut ids: Vec<String> = bytes
+            .windows(KEY.len() + 12)
+            .filter(|w| w.starts_with(KEY))
+            .map(|w| &w[KEY.len()..])
+            .filter(|id| id.iter().all(u8::is_ascii_hexdigit))
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let _ = Command::new("ip")
+                .args(["link", "delete", &format!("br-{id}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for Dockerd {
     /// dockerd bind-mounts its data-root onto itself and leaves it mounted
     /// when it exits; detach everything under the directory before it is
-    /// removed. Drop this after the process has stopped.
+    /// removed, and delete the bridges it left. Drop this after the process
+    /// has stopped.
     fn drop(&mut self) {
+        self.delete_bridges();
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let dir = self.dir.path().to_string_lossy().into_owned();
         let mut points: Vec<&str> = mounts
