@@ -88,7 +88,7 @@ async fn the_channel_applies_apps_then_an_os_release_by_itself() {
     require_image_services();
     let (web1, web2) = (busybox_image("chan-web", "v1"), busybox_image("chan-web", "v2"));
     // The channel directory is the test's directory, served over HTTP.
-    let mut u = start_with("60s", "").await;
+    let mut u = start_with("60s", r#"reboot_retry = "1s""#).await;
     let server = Server::start(u.dir.path());
     let url = format!("http://127.0.0.1:{}", server.port);
     u.device.agent.kill9();
@@ -106,10 +106,12 @@ async fn the_channel_applies_apps_then_an_os_release_by_itself() {
     .await;
 
     // An OS release with apps v2: installed and rebooted into by itself,
-    // the reboot asked of logind (as on the image), not of systemd.
+    // the reboot asked of logind (as on the image), not of systemd. An app
+    // holds a block inhibitor at first: the reboot is asked again until
+    // logind takes it, never taken around logind.
     let apps2 = apps_release(&u, "2", &web2);
     let (path, size, digest) = apps2.clone();
-    let logind = Logind::start(&u.device.bus).await;
+    let logind = Logind::blocking_reboots(&u.device.bus, 2).await;
     let reboots = u.device.units.reboots();
     publish(
         &u,
@@ -118,8 +120,14 @@ async fn the_channel_applies_apps_then_an_os_release_by_itself() {
         }),
     );
     u.state_becomes("pending-reboot").await;
-    eventually(30, "a reboot asked of logind", || async {
-        (logind.calls() == ["Reboot interactive=false"]).then_some(())
+    eventually(30, "a reboot asked of logind until it takes it", || async {
+        (logind.calls()
+            == [
+                "Reboot interactive=false (blocked)",
+                "Reboot interactive=false (blocked)",
+                "Reboot interactive=false",
+            ])
+        .then_some(())
     })
     .await;
     assert_eq!(u.device.units.reboots(), reboots, "not around logind");

@@ -146,6 +146,9 @@ pub struct UpdateSection {
     pub trusted_keys: Vec<String>,
     /// How long a new slot has to prove healthy after booting it.
     pub health_timeout: Duration,
+    /// How soon an automatic reboot into a new slot is asked again after
+    /// it was refused (an app's block inhibitor, most often).
+    pub reboot_retry: Duration,
     /// Drop-in health checks: every executable here must exit 0.
     pub health_dir: AbsPath,
     /// Where the kernel command line (`containeros.slot=`) and the boot id
@@ -166,6 +169,7 @@ impl Default for UpdateSection {
             boot_attempts: nonzero(3),
             trusted_keys: Vec::new(),
             health_timeout: Duration::from_secs(600),
+            reboot_retry: Duration::from_secs(60),
             health_dir: AbsPath::new("/etc/containeros/health.d"),
             cmdline: AbsPath::new("/proc/cmdline"),
             boot_id: AbsPath::new("/proc/sys/kernel/random/boot_id"),

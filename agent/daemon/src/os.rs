@@ -215,6 +215,7 @@ pub struct Updater {
     boot_id_file: PathBuf,
     health_dir: PathBuf,
     health_timeout: Duration,
+    reboot_retry: Duration,
     rebooter: Arc<dyn Rebooter>,
     health: Arc<dyn Health>,
     apps: Arc<dyn AppsTarget>,
@@ -327,6 +328,7 @@ impl Updater {
             boot_id_file: config.boot_id.as_path().to_owned(),
             health_dir: config.health_dir.as_path().to_owned(),
             health_timeout: config.health_timeout.get(),
+            reboot_retry: config.reboot_retry.get(),
             rebooter,
             health,
             apps,
@@ -867,8 +869,14 @@ async fn finish_switch(updater: &Updater, result: Result<Record, String>, reboot
                 record.state,
                 format!("slot {slot} holds the new OS and boots next on trial; reboot to try it"),
             );
-            if reboot && let Err(e) = updater.rebooter.reboot(updater.boot.reboot_argument()).await {
-                error!("cannot reboot into the new slot: {e}");
+            if reboot {
+                reboot_until_taken(
+                    updater,
+                    updater.boot.reboot_argument(),
+                    "the new slot",
+                    State::PendingReboot,
+                )
+                .await;
             }
         }
         Err(e) => {
@@ -1312,8 +1320,44 @@ async fn roll_back(updater: &Updater, record: &Record, bad: Slot, good: Slot, re
     updater.completed(false, record.state, format!("OS update rolled back: {reason}"));
     if reboot {
         info!(slot = %good, "rebooting into slot {good}");
-        if let Err(e) = updater.rebooter.reboot(None).await {
-            error!("cannot reboot into slot {good}: {e}");
+        reboot_until_taken(updater, None, &format!("slot {good}"), State::RolledBack).await;
+    }
+}
+
+/// A reboot the updater asks for by itself: into a new slot after an
+/// install, or back to the good slot after a failed trial. A refusal
+/// (logind's answer to an app holding a block inhibitor, most often) is
+/// honoured: the reboot is asked again every `reboot_retry` while the
+/// update is still `waiting_in`, so the device neither reboots under the
+/// app nor stays where it is for good.
+async fn reboot_until_taken(
+    updater: &Updater,
+    argument: Option<&'static str>,
+    into: &str,
+    waiting_in: State,
+) {
+    let mut refused = None;
+    loop {
+        match updater.rebooter.reboot(argument).await {
+            Ok(()) => {
+                if refused.is_some() {
+                    info!("the reboot into {into} was taken this time");
+                }
+                return;
+            }
+            Err(e) => {
+                if refused.as_ref() != Some(&e) {
+                    warn!(
+                        "cannot reboot into {into} yet: {e}; asking again every {:?}",
+                        updater.reboot_retry
+                    );
+                    refused = Some(e);
+                }
+            }
+        }
+        tokio::time::sleep(updater.reboot_retry).await;
+        if updater.load().state != waiting_in {
+            return;
         }
     }
 }
